@@ -34,6 +34,8 @@ export type MeshNode = Libp2p<MeshServices>;
 export const MDNS_INTERVAL_MS = 5_000;
 /** Connections kept at most: a factory has tens of gateways, plus region peers. */
 export const MAX_CONNECTIONS = 300;
+/** Inbound connection attempts accepted per second per remote host. */
+export const INBOUND_CONNECTIONS_PER_S = 100;
 
 export interface MeshNodeInit {
   privateKey: PrivateKey;
@@ -61,7 +63,9 @@ export function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     streamMuxers: [yamux()],
     ...(init.meshKey ? { connectionProtector: preSharedKey({ psk: init.meshKey }) } : {}),
     peerDiscovery: init.mdns ? [mdns({ interval: MDNS_INTERVAL_MS, serviceTag: mdnsServiceTag(init.factory) })] : [],
-    connectionManager: { maxConnections: MAX_CONNECTIONS },
+    // The default inbound threshold (5 connections per second per host) refuses
+    // a restarted factory or a local mesh whose gateways all share one address.
+    connectionManager: { maxConnections: MAX_CONNECTIONS, inboundConnectionThreshold: INBOUND_CONNECTIONS_PER_S },
     ...(init.registry
       ? { metrics: prometheusMetrics({ registry: init.registry, collectDefaultMetrics: false }) }
       : {}),

@@ -1,0 +1,282 @@
+/**
+ * Mesh membership: who is who, and staying connected.
+ *
+ * - Gateways of the factory are found by mDNS; @libp2p/mdns reports peers
+ *   but does not dial them, so we dial on `peer:discovery`.
+ * - Configured peers (other regions, through the WireGuard tunnel) are
+ *   dialled at start and redialled with capped exponential back-off whenever
+ *   the link drops.
+ * - Every gateway announces `name`, `factory` and `region` in its identify
+ *   agent string; a connected peer that never identifies as a twinmesh
+ *   gateway is not listed.
+ * - Round-trip times come from libp2p ping, refreshed periodically.
+ */
+import type { PeerId } from "@libp2p/interface";
+import { peerIdFromString } from "@libp2p/peer-id";
+import { multiaddr, type Multiaddr } from "@multiformats/multiaddr";
+import type { MeshNode } from "./libp2p.ts";
+import { TWINMESH_VERSION } from "./libp2p.ts";
+import type { Logger } from "./log.ts";
+
+/** Back-off for redialling a configured peer: 250 ms doubling to 5 s. */
+export const REDIAL_MIN_MS = 250;
+export const REDIAL_MAX_MS = 5_000;
+/** One dial attempt may take this long before it counts as failed. */
+export const DIAL_TIMEOUT_MS = 5_000;
+/** RTT refresh period; pings are tiny, and the view is for humans. */
+export const PING_INTERVAL_MS = 5_000;
+export const PING_TIMEOUT_MS = 2_000;
+
+export type Via = "mdns" | "configured";
+
+/** What a gateway says about itself. */
+export interface GatewayIdentity {
+  name: string;
+  factory: string;
+  region: string;
+}
+
+/** A connected gateway as shown by `GET /peers`. */
+export interface PeerView extends GatewayIdentity {
+  peerId: string;
+  via: Via;
+  rttMs: number | null;
+}
+
+const AGENT_PREFIX = "twinmesh/";
+
+/** `twinmesh/0.1.0 name=g1 factory=f1 region=r1` */
+export function formatAgent(identity: GatewayIdentity): string {
+  return `${AGENT_PREFIX}${TWINMESH_VERSION} name=${identity.name} factory=${identity.factory} region=${identity.region}`;
+}
+
+/** Inverse of {@link formatAgent}; undefined for anything else. */
+export function parseAgent(agent: string | undefined): GatewayIdentity | undefined {
+  if (!agent?.startsWith(AGENT_PREFIX)) return undefined;
+  const fields = new Map<string, string>();
+  for (const part of agent.split(" ").slice(1)) {
+    const eq = part.indexOf("=");
+    if (eq > 0) fields.set(part.slice(0, eq), part.slice(eq + 1));
+  }
+  const name = fields.get("name"), factory = fields.get("factory"), region = fields.get("region");
+  return name && factory && region ? { name, factory, region } : undefined;
+}
+
+interface KnownPeer {
+  identity?: GatewayIdentity;
+  via?: Via;
+  rttMs: number | null;
+}
+
+interface ConfiguredPeer {
+  address: Multiaddr;
+  peerId?: string;
+  attempt: number;
+  timer?: ReturnType<typeof setTimeout>;
+  dialing: boolean;
+}
+
+export interface MeshInit {
+  self: GatewayIdentity;
+  /** Configured peer multiaddrs (with or without /p2p/<id>). */
+  peers: string[];
+}
+
+export interface MeshComponents {
+  libp2p: MeshNode;
+  logger: Logger;
+}
+
+/** Events other services care about. */
+export interface MeshEvents {
+  /** A gateway connected and identified itself. */
+  onGateway?: (peerId: string, identity: GatewayIdentity) => void;
+}
+
+/** Membership service; see the module comment. */
+export class Mesh {
+  readonly #init: MeshInit;
+  readonly #libp2p: MeshNode;
+  readonly #log: Logger;
+  readonly #known = new Map<string, KnownPeer>();
+  readonly #configured: ConfiguredPeer[];
+  #pingTimer?: ReturnType<typeof setInterval>;
+  #running = false;
+  #listeners: Array<[string, EventListener]> = [];
+  readonly stats = { dialFailures: 0, reconnects: 0, discoveries: 0 };
+  events: MeshEvents = {};
+
+  constructor(init: MeshInit, components: MeshComponents) {
+    this.#init = init;
+    this.#libp2p = components.libp2p;
+    this.#log = components.logger;
+    this.#configured = init.peers.map((text) => {
+      const address = multiaddr(text);
+      return { address, peerId: address.getComponents().find((c) => c.name === "p2p")?.value, attempt: 0, dialing: false };
+    });
+  }
+
+  start(): void {
+    this.#running = true;
+    this.#on("peer:discovery", (event) => {
+      const id = (event as CustomEvent<{ id: PeerId }>).detail.id;
+      if (id.equals(this.#libp2p.peerId)) return;
+      this.stats.discoveries++;
+      this.#entry(id.toString()).via ??= "mdns";
+      if (this.#libp2p.getConnections(id).length > 0) return;
+      this.#libp2p.dial(id, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) }).catch((err) => {
+        this.stats.dialFailures++;
+        this.#log.warn("dial after mDNS discovery failed", { remote: id.toString(), error: describeDialError(err) });
+      });
+    });
+    this.#on("peer:identify", (event) => {
+      const result = (event as CustomEvent<{ peerId: PeerId; agentVersion?: string }>).detail;
+      const identity = parseAgent(result.agentVersion);
+      const id = result.peerId.toString();
+      if (!identity) {
+        this.#log.debug("connected peer is not a twinmesh gateway", { remote: id, agent: result.agentVersion });
+        return;
+      }
+      const entry = this.#entry(id);
+      const isNew = entry.identity === undefined;
+      entry.identity = identity;
+      entry.via ??= identity.factory === this.#init.self.factory ? "mdns" : "configured";
+      if (isNew) {
+        this.#log.info("gateway joined", { remote: id, ...identity, via: entry.via });
+      }
+      this.events.onGateway?.(id, identity);
+    });
+    this.#on("peer:disconnect", (event) => {
+      const id = (event as CustomEvent<PeerId>).detail.toString();
+      const entry = this.#known.get(id);
+      if (entry?.identity) this.#log.info("gateway left", { remote: id, name: entry.identity.name });
+      if (entry) entry.rttMs = null;
+      for (const peer of this.#configured) {
+        if (peer.peerId === id) {
+          peer.attempt = 0;
+          this.#scheduleDial(peer, 0);
+        }
+      }
+    });
+    for (const peer of this.#configured) this.#scheduleDial(peer, 0);
+    this.#pingTimer = setInterval(() => void this.#refreshRtt(), PING_INTERVAL_MS);
+  }
+
+  stop(): void {
+    this.#running = false;
+    clearInterval(this.#pingTimer);
+    for (const peer of this.#configured) clearTimeout(peer.timer);
+    for (const [type, listener] of this.#listeners) this.#libp2p.removeEventListener(type as "peer:connect", listener);
+    this.#listeners = [];
+  }
+
+  /** Connected, identified gateways. */
+  peers(): PeerView[] {
+    const out: PeerView[] = [];
+    for (const peerId of this.#libp2p.getPeers()) {
+      const id = peerId.toString();
+      const entry = this.#known.get(id);
+      if (!entry?.identity) continue;
+      out.push({ peerId: id, ...entry.identity, via: entry.via ?? "configured", rttMs: entry.rttMs });
+    }
+    return out.sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  /** Identity of a peer that identified itself (connected or not). */
+  identityOf(peerId: string): GatewayIdentity | undefined {
+    return this.#known.get(peerId)?.identity;
+  }
+
+  /** Peer ID of the gateway called `name`, if known. */
+  peerIdByName(name: string): string | undefined {
+    for (const [id, entry] of this.#known) if (entry.identity?.name === name) return id;
+    return undefined;
+  }
+
+  /** All gateways ever identified (connected or not), by peer ID. */
+  knownGateways(): Map<string, GatewayIdentity> {
+    const out = new Map<string, GatewayIdentity>();
+    for (const [id, entry] of this.#known) if (entry.identity) out.set(id, entry.identity);
+    return out;
+  }
+
+  #entry(id: string): KnownPeer {
+    let entry = this.#known.get(id);
+    if (!entry) {
+      entry = { rttMs: null };
+      this.#known.set(id, entry);
+    }
+    return entry;
+  }
+
+  #on(type: string, listener: EventListener): void {
+    this.#libp2p.addEventListener(type as "peer:connect", listener);
+    this.#listeners.push([type, listener]);
+  }
+
+  #scheduleDial(peer: ConfiguredPeer, delayMs: number): void {
+    if (!this.#running || peer.dialing) return;
+    clearTimeout(peer.timer);
+    peer.timer = setTimeout(() => void this.#dialConfigured(peer), delayMs);
+  }
+
+  async #dialConfigured(peer: ConfiguredPeer): Promise<void> {
+    if (!this.#running) return;
+    if (peer.peerId && this.#libp2p.getConnections(peerIdFromString(peer.peerId)).length > 0) {
+      peer.attempt = 0;
+      return;
+    }
+    peer.dialing = true;
+    try {
+      const connection = await this.#libp2p.dial(peer.address, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) });
+      const id = connection.remotePeer.toString();
+      if (peer.peerId === undefined) peer.peerId = id;
+      this.#entry(id).via = "configured";
+      if (peer.attempt > 0) this.stats.reconnects++;
+      peer.attempt = 0;
+      this.#log.info("connected to configured peer", { address: peer.address.toString(), remote: id });
+    } catch (err) {
+      this.stats.dialFailures++;
+      const delay = Math.min(REDIAL_MAX_MS, REDIAL_MIN_MS * 2 ** peer.attempt);
+      // Log the first failure and then only every 10th, so a long outage does not flood the log.
+      if (peer.attempt % 10 === 0) {
+        this.#log.warn("configured peer unreachable; retrying", {
+          address: peer.address.toString(),
+          error: describeDialError(err),
+          retryMs: delay,
+          attempt: peer.attempt + 1,
+        });
+      }
+      peer.attempt++;
+      peer.dialing = false;
+      this.#scheduleDial(peer, delay * (0.75 + Math.random() * 0.5));
+      return;
+    }
+    peer.dialing = false;
+  }
+
+  async #refreshRtt(): Promise<void> {
+    const peers = this.#libp2p.getPeers();
+    await Promise.all(peers.map(async (peerId) => {
+      const entry = this.#known.get(peerId.toString());
+      if (!entry?.identity) return;
+      try {
+        entry.rttMs = await this.#libp2p.services.ping.ping(peerId, { signal: AbortSignal.timeout(PING_TIMEOUT_MS) });
+      } catch {
+        entry.rttMs = null;
+      }
+    }));
+  }
+}
+
+/**
+ * Dial errors, made readable. A private-network key mismatch shows up as a
+ * failed encryption handshake, since the peer's bytes decrypt to garbage.
+ */
+export function describeDialError(err: unknown): string {
+  const message = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+  if (/decrypt|handshake|noise|psk|nonce|invalid.*(length|message)|unexpected end/i.test(message)) {
+    return `${message} (mesh key mismatch, or not a twinmesh gateway)`;
+  }
+  return message;
+}

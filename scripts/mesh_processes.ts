@@ -1,0 +1,146 @@
+/**
+ * Starting and stopping gateway processes on this host: shared by the local
+ * mesh runner, the multi-process tests and the benchmarks.
+ */
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const REPO_ROOT = fileURLToPath(new URL("..", import.meta.url));
+const MOD_TS = join(REPO_ROOT, "mod.ts");
+/** How long a gateway may take to answer /health after spawn. */
+export const READY_TIMEOUT_MS = 15_000;
+
+export interface GatewaySpec {
+  name: string;
+  factory: string;
+  region: string;
+  dataDir: string;
+  listenPort: number;
+  httpPort: number;
+  peers?: string[];
+  extraArgs?: string[];
+  /** File that receives the gateway's stderr (JSON log lines). */
+  logFile: string;
+}
+
+export interface GatewayProcess {
+  spec: GatewaySpec;
+  child: Deno.ChildProcess;
+  http: string;
+  /** Resolves with the exit status. */
+  status: Promise<Deno.CommandStatus>;
+}
+
+/** The arguments `twinmesh run` gets for a spec. */
+export function gatewayArgs(spec: GatewaySpec): string[] {
+  const args = [
+    "--name", spec.name,
+    "--factory", spec.factory,
+    "--region", spec.region,
+    "--data-dir", spec.dataDir,
+    "--listen", `/ip4/127.0.0.1/tcp/${spec.listenPort}`,
+    "--http", `127.0.0.1:${spec.httpPort}`,
+  ];
+  for (const peer of spec.peers ?? []) args.push("--peer", peer);
+  return [...args, ...(spec.extraArgs ?? [])];
+}
+
+/** Spawns one gateway process (does not wait for it to be ready). */
+export function spawnGateway(spec: GatewaySpec): GatewayProcess {
+  Deno.mkdirSync(spec.dataDir, { recursive: true });
+  const log = Deno.openSync(spec.logFile, { write: true, create: true, append: true });
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", MOD_TS, "run", ...gatewayArgs(spec)],
+    cwd: REPO_ROOT,
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  const copied = child.stderr.pipeTo(log.writable).catch(() => {});
+  const status = child.status.then(async (s) => {
+    await copied;
+    return s;
+  });
+  return { spec, child, http: `http://127.0.0.1:${spec.httpPort}`, status };
+}
+
+/** Waits until `GET /health` answers; throws with the log tail on timeout or early exit. */
+export async function waitReady(gateway: GatewayProcess, timeoutMs = READY_TIMEOUT_MS): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let exited = false;
+  gateway.status.then(() => (exited = true));
+  while (Date.now() < deadline) {
+    if (exited) break;
+    try {
+      const response = await fetch(`${gateway.http}/health`, { signal: AbortSignal.timeout(1000) });
+      await response.body?.cancel();
+      if (response.ok) return;
+    } catch { /* not up yet */ }
+    await delay(50);
+  }
+  throw new Error(
+    `gateway ${gateway.spec.name} ${exited ? "exited" : "not ready"} after ${timeoutMs} ms; log:\n${tail(gateway.spec.logFile)}`,
+  );
+}
+
+/** SIGTERM, then SIGKILL after `graceMs`; resolves with the exit status. */
+export async function stopGateway(gateway: GatewayProcess, graceMs = 3_000): Promise<Deno.CommandStatus> {
+  try {
+    gateway.child.kill("SIGTERM");
+  } catch { /* already gone */ }
+  const timer = setTimeout(() => {
+    try {
+      gateway.child.kill("SIGKILL");
+    } catch { /* already gone */ }
+  }, graceMs);
+  const status = await gateway.status;
+  clearTimeout(timer);
+  return status;
+}
+
+/** GET a JSON document from a gateway. */
+export async function getJson<T = unknown>(gateway: GatewayProcess | string, path: string): Promise<T> {
+  const base = typeof gateway === "string" ? gateway : gateway.http;
+  const response = await fetch(`${base}${path}`, { signal: AbortSignal.timeout(5_000) });
+  const body = await response.json();
+  if (!response.ok) throw new Error(`GET ${path}: ${response.status} ${JSON.stringify(body)}`);
+  return body as T;
+}
+
+/** POST JSON to a gateway; returns status and parsed body. */
+export async function postJson<T = unknown>(
+  gateway: GatewayProcess | string,
+  path: string,
+  body: unknown,
+): Promise<{ status: number; body: T }> {
+  const base = typeof gateway === "string" ? gateway : gateway.http;
+  const response = await fetch(`${base}${path}`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+    signal: AbortSignal.timeout(10_000),
+  });
+  return { status: response.status, body: await response.json() as T };
+}
+
+/** Last lines of a log file (for error messages). */
+export function tail(path: string, lines = 20): string {
+  try {
+    return Deno.readTextFileSync(path).trimEnd().split("\n").slice(-lines).join("\n");
+  } catch {
+    return "(no log)";
+  }
+}
+
+/** A free TCP port on 127.0.0.1 (bind to 0, read, release). */
+export function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+export function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
