@@ -15,7 +15,13 @@ import { GatewayMetrics } from "./metrics.ts";
 import { type HttpServerHandle, Router, serveHttp } from "./http.ts";
 import { SimulatedArm } from "./assets/simulated_arm.ts";
 import type { ArmTelemetry, AssetAdapter } from "./assets/adapter.ts";
-import { HybridLogicalClock } from "../protocols/hlc.ts";
+import { formatTimestamp, HybridLogicalClock } from "../protocols/hlc.ts";
+import type { EstopTarget } from "../protocols/estop_codec.ts";
+import { createEstopService, type EstopService } from "./estop_service.ts";
+import { AssetDirectory } from "./directory.ts";
+import { Detection } from "./detection.ts";
+import { HttpError } from "./http.ts";
+import { peerIdFromString } from "@libp2p/peer-id";
 
 /** A whole shutdown must fit in this (the operator's expectation: ~2 s). */
 export const SHUTDOWN_BUDGET_MS = 1_800;
@@ -32,6 +38,8 @@ export interface Gateway {
   readonly assets: ReadonlyMap<string, AssetAdapter>;
   readonly clock: HybridLogicalClock;
   readonly log: Logger;
+  readonly estop: EstopService;
+  readonly detection: Detection;
   /** Stops everything and closes storage; safe to call twice. */
   stop(): Promise<void>;
 }
@@ -121,8 +129,10 @@ async function assemble(
     arms.push(arm);
     assets.set(arm.id, arm);
   }
-  const onTelemetry = (_sample: ArmTelemetry) => {
+  let detectionSink: ((sample: ArmTelemetry) => void) | undefined;
+  const onTelemetry = (sample: ArmTelemetry) => {
     stats.telemetrySamples++;
+    detectionSink?.(sample);
   };
   for (const arm of arms) arm.onTelemetry = onTelemetry;
   const telemetryTimer = setInterval(() => {
@@ -130,6 +140,76 @@ async function assemble(
     for (const arm of arms) arm.tick(now);
   }, 1000 / config.telemetryHz);
   cleanups.unshift(["telemetry", () => clearInterval(telemetryTimer)]);
+
+  // Gossip topics of this factory (twin sync subscribes to its own).
+  const topic = (name: string) => `twinmesh/${config.factory}/${name}/1`;
+  const pubsub = libp2p.services.pubsub;
+  const publish = (name: string, bytes: Uint8Array) => {
+    stats.pubsubMessagesOut++;
+    pubsub.publish(topic(name), bytes).catch((err: Error) => log.debug("publish failed", { topic: name, error: err }));
+  };
+  const gossipHandlers = new Map<string, (data: Uint8Array, from: string) => void>();
+  pubsub.addEventListener("message", (event) => {
+    const message = event.detail;
+    const handler = gossipHandlers.get(message.topic);
+    if (handler) handler(message.data, message.type === "signed" ? message.from.toString() : "unknown");
+  });
+  const subscribe = (name: string, handler: (data: Uint8Array, from: string) => void) => {
+    gossipHandlers.set(topic(name), handler);
+    pubsub.subscribe(topic(name));
+  };
+
+  // Emergency stop: dedicated streams; gossip only as the last-resort path.
+  const directory = new AssetDirectory({ peerId, name: config.name, factory: config.factory }, assets, mesh);
+  const verify = (signer: string, data: Uint8Array, signature: Uint8Array) =>
+    Promise.resolve(peerIdFromString(signer).publicKey?.verify(data, signature) ?? false);
+  const estop = createEstopService({
+    operators: config.operators,
+    supervisors: config.supervisors,
+    watchdogMs: config.watchdogMs,
+    safeState: config.safeState,
+  }, {
+    libp2p,
+    db: store.db,
+    clock,
+    privateKey: key,
+    logger: log.child("estop"),
+    ownerOf: (id) => directory.ownerOf(id),
+    gatewaysIn: (target) => directory.gatewaysIn(target),
+    localAssets: (target) => directory.localAssets(target),
+    stopAssets: (ids, reason) => {
+      for (const id of ids) assets.get(id)?.stop(reason);
+    },
+    holdAssets: (ids, reason) => {
+      for (const id of ids) assets.get(id)?.hold(reason);
+    },
+    publishGossip: (frame) => publish("estop", frame),
+  });
+  estop.onEvent((event) => {
+    if (event.type === "released") for (const id of event.assets) assets.get(id)?.release();
+  });
+  subscribe("estop", (data, from) => estop.receiveGossip(data, from));
+  await estop.start();
+  cleanups.unshift(["estop", () => estop.stop()]);
+
+  // Edge anomaly detection.
+  const detection = new Detection([...assets.keys()], config.stopOnAnomaly, {
+    logger: log.child("detect"),
+    stamp: () => clock.now(),
+    selfPeerId: peerId,
+    sign: async (bytes) => await key.sign(bytes),
+    verify,
+    publish,
+    raiseStop: (anomaly) => {
+      estop.issueStop({ target: { kind: "asset", id: anomaly.assetId }, reason: `anomaly ${anomaly.kind} on ${anomaly.channel}` })
+        .catch((err) => log.error("stop on anomaly failed", { asset: anomaly.assetId, error: err }));
+    },
+  });
+  subscribe("anomalies", (data, from) => detection.receiveAnomaly(data, from));
+  subscribe("models", (data, from) => void detection.receiveModel(data, from));
+  detectionSink = (sample) => detection.push(sample);
+  detection.start();
+  cleanups.unshift(["detection", () => detection.stop()]);
 
   metrics.addStats("gateway", () => ({
     ...stats,
@@ -139,6 +219,8 @@ async function assemble(
     uptimeSeconds: (performance.now() - startedAt) / 1000,
   }));
   metrics.addStats("mesh", () => ({ ...mesh.stats }));
+  metrics.addStats("estop", () => estop.stats());
+  metrics.addStats("detect", () => detection.counters());
 
   const router = new Router();
   const uptimeS = () => Math.round((performance.now() - startedAt) / 100) / 10;
@@ -153,8 +235,52 @@ async function assemble(
     uptimeS: uptimeS(),
     peers: mesh.peers().length,
     assets: assets.size,
-    stats: { ...stats },
+    latched: estop.status().latched.length,
+    anomalies: detection.stats.anomaliesLocal,
+    hlc: formatTimestamp(clock.last),
+    stats: { ...stats, estopLivePeers: estop.livePeers().length },
   }));
+
+  router.get("/assets", () =>
+    [...assets.values()].map((a) => ({ id: a.id, kind: a.kind, cell: a.cell, stopped: a.stopped, latched: estop.isLatched(a.id) })));
+  // Simulation only: start a fault on a simulated arm (tests, demos, detector checks).
+  router.post("/assets/:id/faults", async ({ params, json }) => {
+    const arm = arms.find((a) => a.id === params.id);
+    if (!arm) throw new HttpError(404, `no simulated asset ${params.id}`, "id");
+    const body = await json();
+    const kinds = ["current-spike", "temperature-drift", "joint-stuck"] as const;
+    const kind = kinds.find((k) => k === body.kind);
+    if (!kind) throw new HttpError(400, `kind: expected one of ${kinds.join(", ")}`, "kind");
+    const durationS = body.durationS ?? 5;
+    if (typeof durationS !== "number" || !(durationS > 0 && durationS <= 600)) {
+      throw new HttpError(400, "durationS: expected a number in (0, 600]", "durationS");
+    }
+    arm.injectFault(kind, durationS);
+    return { status: 202, body: { assetId: arm.id, kind, durationS } };
+  });
+  router.get("/estop", () => estop.status());
+  router.post("/estop", async ({ json }) => {
+    const body = await json();
+    const issued = await estop.issueStop({ target: parseTarget(body.target), reason: stringField(body, "reason", "operator stop") });
+    return { status: 202, body: { id: issued.id, hlc: issued.hlc } };
+  });
+  router.post("/estop/reset", async ({ json }) => {
+    const body = await json();
+    const stopIds = body.stopIds;
+    if (!Array.isArray(stopIds) || stopIds.length === 0 || stopIds.some((s) => typeof s !== "string")) {
+      throw new HttpError(400, "stopIds: expected a non-empty list of stop ids", "stopIds");
+    }
+    const issued = await estop.issueReset({
+      stopIds,
+      ...(body.target !== undefined ? { target: parseTarget(body.target) } : {}),
+      reason: stringField(body, "reason", "operator reset"),
+    });
+    return { status: 202, body: { id: issued.id, hlc: issued.hlc } };
+  });
+  router.get("/anomalies", ({ url }) => {
+    const limit = intParam(url, "limit", 100, 1, 1000);
+    return detection.recent(limit, url.searchParams.get("asset") ?? undefined);
+  });
 
   const server: HttpServerHandle = serveHttp(http, router, log.child("http"));
   cleanups.unshift(["http", () => server.shutdown()]);
@@ -179,6 +305,8 @@ async function assemble(
     assets,
     clock,
     log,
+    estop,
+    detection,
     stop() {
       stopping ??= (async () => {
         log.info("gateway stopping");
@@ -208,4 +336,46 @@ async function runCleanups(cleanups: Array<[string, () => unknown]>, log: Logger
       clearTimeout(timer);
     }
   }
+}
+
+/** `{asset: id}`, `{cell: id}`, `{factory?: id}`, `"all"`, or the wire form `{kind, id}`. */
+export function parseTarget(raw: unknown): EstopTarget {
+  const bad = () =>
+    new HttpError(400, 'target: expected {"asset": id}, {"cell": id}, {"factory": id?} or "all"', "target");
+  if (raw === "all") return { kind: "all" };
+  if (typeof raw !== "object" || raw === null) throw bad();
+  const t = raw as Record<string, unknown>;
+  const id = (value: unknown) => {
+    if (typeof value !== "string" || value === "" || value.length > 200) throw bad();
+    return value;
+  };
+  if ("kind" in t) {
+    if (t.kind === "all") return { kind: "all" };
+    if (t.kind === "factory") return t.id === undefined ? { kind: "factory" } : { kind: "factory", id: id(t.id) };
+    if (t.kind === "asset" || t.kind === "cell") return { kind: t.kind, id: id(t.id) };
+    throw bad();
+  }
+  if ("asset" in t) return { kind: "asset", id: id(t.asset) };
+  if ("cell" in t) return { kind: "cell", id: id(t.cell) };
+  if ("factory" in t) return t.factory === null || t.factory === undefined ? { kind: "factory" } : { kind: "factory", id: id(t.factory) };
+  if ("all" in t) return { kind: "all" };
+  throw bad();
+}
+
+function stringField(body: Record<string, unknown>, field: string, fallback: string): string {
+  const value = body[field];
+  if (value === undefined) return fallback;
+  if (typeof value !== "string" || value.length > 500) throw new HttpError(400, `${field}: expected a string of at most 500 characters`, field);
+  return value;
+}
+
+/** Integer query parameter within [min, max]; 400 otherwise. */
+export function intParam(url: URL, name: string, fallback: number, min: number, max: number): number {
+  const text = url.searchParams.get(name);
+  if (text === null) return fallback;
+  const value = Number(text);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new HttpError(400, `${name}: expected an integer in [${min}, ${max}], got ${JSON.stringify(text)}`, name);
+  }
+  return value;
 }

@@ -275,7 +275,7 @@ export class Mesh {
  */
 export function describeDialError(err: unknown): string {
   const message = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
-  if (/decrypt|handshake|noise|psk|nonce|invalid.*(length|message)|unexpected end/i.test(message)) {
+  if (/decrypt|encryption|handshake|noise|psk|nonce|invalid.*(length|message)|unexpected end/i.test(message)) {
     return `${message} (mesh key mismatch, or not a twinmesh gateway)`;
   }
   return message;

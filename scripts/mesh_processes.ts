@@ -48,20 +48,17 @@ export function gatewayArgs(spec: GatewaySpec): string[] {
 /** Spawns one gateway process (does not wait for it to be ready). */
 export function spawnGateway(spec: GatewaySpec): GatewayProcess {
   Deno.mkdirSync(spec.dataDir, { recursive: true });
-  const log = Deno.openSync(spec.logFile, { write: true, create: true, append: true });
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", MOD_TS, "run", ...gatewayArgs(spec)],
+  // The gateway writes its log straight to the file (no pipe through this
+  // process), so the log is complete even if this process is busy or dies.
+  const child = new Deno.Command("/bin/sh", {
+    args: ["-c", 'exec "$0" "$@" 2>>"$TWINMESH_LOG_FILE"', Deno.execPath(), "run", "--allow-all", MOD_TS, "run", ...gatewayArgs(spec)],
     cwd: REPO_ROOT,
     stdin: "null",
     stdout: "null",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
+    stderr: "null",
+    env: { NO_COLOR: "1", TWINMESH_LOG_FILE: spec.logFile },
   }).spawn();
-  const copied = child.stderr.pipeTo(log.writable).catch(() => {});
-  const status = child.status.then(async (s) => {
-    await copied;
-    return s;
-  });
+  const status = child.status;
   return { spec, child, http: `http://127.0.0.1:${spec.httpPort}`, status };
 }
 

@@ -1,0 +1,54 @@
+/**
+ * Where assets live. Asset ids are `<gateway name>.arm-<i>` and cells are
+ * `<gateway name>.cell`, so the owner of an asset is the gateway whose name
+ * prefixes it; names are unique in the mesh. Peers are resolved through the
+ * membership service (names announced in identify).
+ */
+import type { EstopTarget } from "../protocols/estop_codec.ts";
+import type { AssetAdapter } from "./assets/adapter.ts";
+import type { Mesh } from "./mesh.ts";
+
+/** The gateway name an asset or cell id belongs to. */
+export function ownerNameOf(id: string): string {
+  const dot = id.indexOf(".");
+  return dot > 0 ? id.slice(0, dot) : id;
+}
+
+export class AssetDirectory {
+  constructor(
+    private readonly self: { peerId: string; name: string; factory: string },
+    private readonly assets: ReadonlyMap<string, AssetAdapter>,
+    private readonly mesh: Mesh,
+  ) {}
+
+  ownerOf(assetId: string): string | undefined {
+    const name = ownerNameOf(assetId);
+    return name === this.self.name ? this.self.peerId : this.mesh.peerIdByName(name);
+  }
+
+  gatewaysIn(target: EstopTarget): string[] {
+    if (target.kind === "asset" || target.kind === "cell") {
+      const owner = this.ownerOf(target.id);
+      return owner ? [owner] : [];
+    }
+    const out = [this.self.peerId];
+    for (const [peerId, identity] of this.mesh.knownGateways()) {
+      if (target.kind === "all" || identity.factory === (target.id ?? this.self.factory)) out.push(peerId);
+    }
+    return out;
+  }
+
+  localAssets(target: EstopTarget): string[] {
+    const all = [...this.assets.values()];
+    switch (target.kind) {
+      case "asset":
+        return this.assets.has(target.id) ? [target.id] : [];
+      case "cell":
+        return all.filter((a) => a.cell === target.id).map((a) => a.id);
+      case "factory":
+        return (target.id ?? this.self.factory) === this.self.factory ? all.map((a) => a.id) : [];
+      case "all":
+        return all.map((a) => a.id);
+    }
+  }
+}

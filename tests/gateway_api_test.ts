@@ -1,0 +1,69 @@
+/** Foundation + detection + e-stop over the HTTP API of real gateway processes. */
+import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import { eventually, startGateway, stopGateway, tempDir, uniqueFactory } from "./gateway_test_util.ts";
+import { getJson, postJson } from "../scripts/mesh_processes.ts";
+
+async function raw(base: string, path: string, init?: RequestInit): Promise<{ status: number; body: Record<string, unknown> }> {
+  const response = await fetch(`${base}${path}`, init);
+  const text = await response.text();
+  return { status: response.status, body: JSON.parse(text) };
+}
+
+Deno.test("the HTTP API answers and malformed requests get 4xx with a JSON error", async () => {
+  const gateway = await startGateway({ name: "api", factory: uniqueFactory("api"), dir: tempDir("api"), extraArgs: ["--no-mdns"] });
+  const base = gateway.http;
+  try {
+    const health = await getJson<Record<string, unknown>>(gateway, "/health");
+    assertEquals(Object.keys(health).sort(), ["factory", "name", "peerId", "region", "uptimeS"]);
+    assertEquals(health.name, "api");
+    assertEquals(await getJson(gateway, "/peers"), []);
+    const metrics = await (await fetch(`${base}/metrics`)).text();
+    assert(/^twinmesh_gateway_telemetry_samples \d+/m.test(metrics), "twinmesh metrics missing");
+    assert(/^libp2p_/m.test(metrics), "libp2p metrics missing");
+
+    const cases: Array<[string, RequestInit | undefined, number]> = [
+      ["/nope", undefined, 404],
+      ["/health", { method: "POST" }, 405],
+      ["/estop", { method: "POST", body: "{not json" }, 400],
+      ["/estop", { method: "POST", body: "[1,2]" }, 400],
+      ["/estop", { method: "POST", body: JSON.stringify({ target: { planet: "mars" } }) }, 400],
+      ["/estop/reset", { method: "POST", body: JSON.stringify({ stopIds: [] }) }, 400],
+      ["/estop", { method: "POST", body: "x".repeat(70_000) }, 413],
+      ["/anomalies?limit=abc", undefined, 400],
+      ["/assets/none/faults", { method: "POST", body: JSON.stringify({ kind: "current-spike" }) }, 404],
+      ["/assets/api.arm-0/faults", { method: "POST", body: JSON.stringify({ kind: "meteor" }) }, 400],
+    ];
+    for (const [path, init, status] of cases) {
+      const response = await raw(base, path, init);
+      assertEquals(response.status, status, `${init?.method ?? "GET"} ${path}`);
+      assert(typeof response.body.error === "string", `${path}: JSON error body`);
+    }
+    // Still alive after all that.
+    assertEquals((await getJson<{ name: string }>(gateway, "/health")).name, "api");
+  } finally {
+    await stopGateway(gateway);
+  }
+});
+
+Deno.test("a simulated arm with an injected fault raises an anomaly event visible at GET /anomalies", async () => {
+  const gateway = await startGateway({
+    name: "det",
+    factory: uniqueFactory("det"),
+    dir: tempDir("det"),
+    extraArgs: ["--no-mdns", "--fault-rate", "0"],
+  });
+  try {
+    // Let the detectors warm up on normal telemetry first.
+    await new Promise((r) => setTimeout(r, 7_000));
+    assertEquals((await getJson<unknown[]>(gateway, "/anomalies?asset=det.arm-1")).length, 0, "no anomaly before the fault");
+    const injected = await postJson(gateway, "/assets/det.arm-1/faults", { kind: "current-spike", durationS: 2 });
+    assertEquals(injected.status, 202);
+    const seen = await eventually(async () => {
+      const events = await getJson<Array<{ assetId: string; channel: string; hlc: string }>>(gateway, "/anomalies?asset=det.arm-1");
+      return events.some((e) => e.channel === "current" && e.hlc.length > 0);
+    }, 5_000, 200);
+    assert(seen, "no anomaly on det.arm-1/current after the injected spike");
+  } finally {
+    await stopGateway(gateway);
+  }
+});
