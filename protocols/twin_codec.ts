@@ -1,0 +1,333 @@
+/**
+ * Wire formats of the twin protocols: gossip batches (one pubsub message per
+ * factory and publish interval) and the frames of a `/twinmesh/twin-sync/1.0.0`
+ * session. Hand-rolled binary (tag byte, LEB128 lengths, UTF-8 strings) so
+ * that every length is checked against a named limit before anything is
+ * allocated. Decoders throw {@link TwinCodecError}; callers drop and count.
+ *
+ * @example
+ * ```ts
+ * import { decodeGossip, encodeGossip } from "./twin_codec.ts";
+ * const bytes = encodeGossip({ factory: "f1", docs: [{ assetId: "arm-1", changes: [new Uint8Array([1])] }] });
+ * console.assert(decodeGossip(bytes).docs[0]?.assetId === "arm-1");
+ * ```
+ */
+
+/** Gossip message format version (also in the topic name). */
+export const TWIN_GOSSIP_VERSION = 1;
+/** Sync session format version (also in the protocol id). */
+export const TWIN_SYNC_VERSION = 1;
+/** The libp2p protocol id of a sync session. */
+export const TWIN_SYNC_PROTOCOL = "/twinmesh/twin-sync/1.0.0";
+
+/**
+ * Largest gossip message. Gossip carries one publish interval of changes
+ * (tens of field writes, a few KiB); anything bigger goes by sync. Well below
+ * gossipsub's own inbound limit, so an honest batch is never cut there.
+ */
+export const MAX_GOSSIP_MESSAGE_BYTES = 256 * 1024;
+/** Twins in one gossip message: 20 arms per gateway, with room for large cells. */
+export const MAX_GOSSIP_DOCS = 256;
+/** Changes per twin in one gossip message: one per publish interval, plus re-sends. */
+export const MAX_GOSSIP_CHANGES_PER_DOC = 64;
+/**
+ * Largest sync frame. It bounds what one read may allocate for an untrusted
+ * peer; bigger Automerge sync messages are sent as several chunk frames.
+ */
+export const MAX_SYNC_FRAME_BYTES = 1024 * 1024;
+/** Payload per chunk frame: a frame minus room for the header (tag, id, counters). */
+export const SYNC_CHUNK_BYTES = MAX_SYNC_FRAME_BYTES - 1024;
+/**
+ * Largest reassembled Automerge sync message (one twin, one round). A twin
+ * committing one change per second for 48 hours is ~173k changes of
+ * ~300-600 B; this covers that backlog with margin and bounds memory per session.
+ */
+export const MAX_SYNC_MESSAGE_BYTES = 128 * 1024 * 1024;
+/** Chunks per sync message, derived from the two limits above. */
+export const MAX_SYNC_CHUNKS = Math.ceil(MAX_SYNC_MESSAGE_BYTES / SYNC_CHUNK_BYTES);
+/** Twins one peer may announce in a hello: the replica's own limit. */
+export const MAX_HELLO_DOCS = 10_000;
+/** Factories one peer may replicate: a region's sites, with margin. */
+export const MAX_HELLO_FACTORIES = 64;
+/** Ids (asset, factory) are short printable tokens; they become keys and topics. */
+const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/;
+
+/** A message that does not decode or breaks a limit. */
+export class TwinCodecError extends Error {
+  override name = "TwinCodecError";
+  /** True when a limit on size or count was exceeded (vs. plain malformed). */
+  readonly oversized: boolean;
+  constructor(message: string, oversized = false) {
+    super(message);
+    this.oversized = oversized;
+  }
+}
+
+/** True for valid asset and factory ids. */
+export function isTwinId(id: string): boolean {
+  return ID_PATTERN.test(id);
+}
+
+/** Changes of one twin in a gossip batch. */
+export interface GossipDoc {
+  readonly assetId: string;
+  readonly changes: readonly Uint8Array[];
+}
+
+/** One gossip message: the changes of one factory's twins in one publish interval. */
+export interface GossipBatch {
+  readonly factory: string;
+  readonly docs: readonly GossipDoc[];
+}
+
+/** Frames of a sync session. */
+export type SyncFrame =
+  | {
+    readonly type: "hello";
+    readonly factories: readonly string[];
+    readonly docs: readonly { readonly assetId: string; readonly factory: string }[];
+  }
+  | {
+    readonly type: "sync";
+    readonly assetId: string;
+    /** 0-based index of this chunk of the Automerge sync message. */
+    readonly part: number;
+    readonly parts: number;
+    readonly bytes: Uint8Array;
+  }
+  | { readonly type: "end-round" };
+
+const TAG_GOSSIP = 0x47; // 'G'
+const TAG_HELLO = 0x01;
+const TAG_SYNC = 0x02;
+const TAG_END_ROUND = 0x03;
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder("utf-8", { fatal: true });
+
+/** Encodes a gossip batch; the caller keeps it under {@link MAX_GOSSIP_MESSAGE_BYTES}. */
+export function encodeGossip(batch: GossipBatch): Uint8Array {
+  const out = new ByteWriter();
+  out.byte(TAG_GOSSIP).byte(TWIN_GOSSIP_VERSION).string(batch.factory).uint(batch.docs.length);
+  for (const doc of batch.docs) {
+    out.string(doc.assetId).uint(doc.changes.length);
+    for (const change of doc.changes) out.bytes(change);
+  }
+  return out.finish();
+}
+
+/** Decodes and validates a gossip message; throws {@link TwinCodecError}. */
+export function decodeGossip(bytes: Uint8Array): GossipBatch {
+  if (bytes.length > MAX_GOSSIP_MESSAGE_BYTES) {
+    throw new TwinCodecError(
+      `gossip message is ${bytes.length} B; max ${MAX_GOSSIP_MESSAGE_BYTES}`,
+      true,
+    );
+  }
+  const input = new ByteReader(bytes);
+  if (input.byte() !== TAG_GOSSIP) throw new TwinCodecError("not a twin gossip message");
+  const version = input.byte();
+  if (version !== TWIN_GOSSIP_VERSION) {
+    throw new TwinCodecError(`gossip version ${version}; expected ${TWIN_GOSSIP_VERSION}`);
+  }
+  const factory = input.id("factory");
+  const docCount = input.count("twins", MAX_GOSSIP_DOCS);
+  const docs: GossipDoc[] = [];
+  for (let i = 0; i < docCount; i++) {
+    const assetId = input.id("asset id");
+    const changeCount = input.count("changes", MAX_GOSSIP_CHANGES_PER_DOC);
+    const changes: Uint8Array[] = [];
+    for (let c = 0; c < changeCount; c++) changes.push(input.bytes(MAX_GOSSIP_MESSAGE_BYTES));
+    docs.push({ assetId, changes });
+  }
+  input.end();
+  return { factory, docs };
+}
+
+/** Encodes one sync frame. */
+export function encodeSyncFrame(frame: SyncFrame): Uint8Array {
+  const out = new ByteWriter();
+  switch (frame.type) {
+    case "hello":
+      out.byte(TAG_HELLO).byte(TWIN_SYNC_VERSION).uint(frame.factories.length);
+      for (const factory of frame.factories) out.string(factory);
+      out.uint(frame.docs.length);
+      for (const doc of frame.docs) out.string(doc.assetId).string(doc.factory);
+      break;
+    case "sync":
+      out.byte(TAG_SYNC).string(frame.assetId).uint(frame.part).uint(frame.parts).bytes(
+        frame.bytes,
+      );
+      break;
+    case "end-round":
+      out.byte(TAG_END_ROUND);
+      break;
+  }
+  return out.finish();
+}
+
+/** Decodes and validates one sync frame; throws {@link TwinCodecError}. */
+export function decodeSyncFrame(bytes: Uint8Array): SyncFrame {
+  if (bytes.length > MAX_SYNC_FRAME_BYTES) {
+    throw new TwinCodecError(`sync frame is ${bytes.length} B; max ${MAX_SYNC_FRAME_BYTES}`, true);
+  }
+  const input = new ByteReader(bytes);
+  const tag = input.byte();
+  let frame: SyncFrame;
+  if (tag === TAG_HELLO) {
+    const version = input.byte();
+    if (version !== TWIN_SYNC_VERSION) {
+      throw new TwinCodecError(`sync version ${version}; expected ${TWIN_SYNC_VERSION}`);
+    }
+    const factories: string[] = [];
+    const factoryCount = input.count("factories", MAX_HELLO_FACTORIES);
+    for (let i = 0; i < factoryCount; i++) factories.push(input.id("factory"));
+    const docs: { assetId: string; factory: string }[] = [];
+    const docCount = input.count("twins", MAX_HELLO_DOCS);
+    for (let i = 0; i < docCount; i++) {
+      docs.push({ assetId: input.id("asset id"), factory: input.id("factory") });
+    }
+    frame = { type: "hello", factories, docs };
+  } else if (tag === TAG_SYNC) {
+    const assetId = input.id("asset id");
+    const part = input.uint();
+    const parts = input.uint();
+    if (parts < 1 || parts > MAX_SYNC_CHUNKS || part >= parts) {
+      throw new TwinCodecError(
+        `sync chunk ${part}/${parts}: expected part < parts <= ${MAX_SYNC_CHUNKS}`,
+        parts > MAX_SYNC_CHUNKS,
+      );
+    }
+    frame = { type: "sync", assetId, part, parts, bytes: input.bytes(MAX_SYNC_FRAME_BYTES) };
+  } else if (tag === TAG_END_ROUND) {
+    frame = { type: "end-round" };
+  } else {
+    throw new TwinCodecError(`unknown sync frame tag ${tag}`);
+  }
+  input.end();
+  return frame;
+}
+
+/** Splits an Automerge sync message into sync frames of at most {@link SYNC_CHUNK_BYTES}. */
+export function chunkSyncMessage(assetId: string, message: Uint8Array): SyncFrame[] {
+  const parts = Math.max(1, Math.ceil(message.length / SYNC_CHUNK_BYTES));
+  const frames: SyncFrame[] = [];
+  for (let part = 0; part < parts; part++) {
+    const bytes = message.subarray(part * SYNC_CHUNK_BYTES, (part + 1) * SYNC_CHUNK_BYTES);
+    frames.push({ type: "sync", assetId, part, parts, bytes });
+  }
+  return frames;
+}
+
+/** Appends bytes; grows by doubling. */
+class ByteWriter {
+  #buffer = new Uint8Array(256);
+  #length = 0;
+
+  #reserve(extra: number): void {
+    if (this.#length + extra <= this.#buffer.length) return;
+    let size = this.#buffer.length * 2;
+    while (size < this.#length + extra) size *= 2;
+    const next = new Uint8Array(size);
+    next.set(this.#buffer.subarray(0, this.#length));
+    this.#buffer = next;
+  }
+
+  byte(value: number): this {
+    this.#reserve(1);
+    this.#buffer[this.#length++] = value;
+    return this;
+  }
+
+  /** Unsigned LEB128, up to 2^53. */
+  uint(value: number): this {
+    if (!Number.isSafeInteger(value) || value < 0) {
+      throw new TwinCodecError(`cannot encode ${value} as an unsigned integer`);
+    }
+    let rest = value;
+    while (rest >= 0x80) {
+      this.byte((rest % 0x80) | 0x80);
+      rest = Math.floor(rest / 0x80);
+    }
+    return this.byte(rest);
+  }
+
+  bytes(value: Uint8Array): this {
+    this.uint(value.length);
+    this.#reserve(value.length);
+    this.#buffer.set(value, this.#length);
+    this.#length += value.length;
+    return this;
+  }
+
+  string(value: string): this {
+    return this.bytes(encoder.encode(value));
+  }
+
+  finish(): Uint8Array {
+    return this.#buffer.slice(0, this.#length);
+  }
+}
+
+/** Reads what {@link ByteWriter} wrote, checking every length against the remaining input. */
+class ByteReader {
+  #bytes: Uint8Array;
+  #offset = 0;
+
+  constructor(bytes: Uint8Array) {
+    this.#bytes = bytes;
+  }
+
+  byte(): number {
+    if (this.#offset >= this.#bytes.length) throw new TwinCodecError("truncated message");
+    return this.#bytes[this.#offset++]!;
+  }
+
+  uint(): number {
+    let value = 0;
+    let scale = 1;
+    // 8 groups of 7 bits cover 2^53; more is garbage.
+    for (let i = 0; i < 8; i++) {
+      const b = this.byte();
+      value += (b & 0x7f) * scale;
+      if ((b & 0x80) === 0) return value;
+      scale *= 0x80;
+    }
+    throw new TwinCodecError("varint too long");
+  }
+
+  count(what: string, max: number): number {
+    const n = this.uint();
+    if (n > max) throw new TwinCodecError(`${n} ${what}; max ${max}`, true);
+    return n;
+  }
+
+  bytes(max: number): Uint8Array {
+    const length = this.uint();
+    if (length > max) throw new TwinCodecError(`field of ${length} B; max ${max}`, true);
+    if (this.#offset + length > this.#bytes.length) throw new TwinCodecError("truncated field");
+    const out = this.#bytes.subarray(this.#offset, this.#offset + length);
+    this.#offset += length;
+    return out;
+  }
+
+  id(what: string): string {
+    let text: string;
+    try {
+      text = decoder.decode(this.bytes(64 * 4));
+    } catch (error) {
+      if (error instanceof TwinCodecError) throw error;
+      throw new TwinCodecError(`${what} is not UTF-8`);
+    }
+    if (!isTwinId(text)) {
+      throw new TwinCodecError(`${what} "${text.slice(0, 64)}" is not a valid id`);
+    }
+    return text;
+  }
+
+  end(): void {
+    if (this.#offset !== this.#bytes.length) {
+      throw new TwinCodecError(`${this.#bytes.length - this.#offset} trailing bytes`);
+    }
+  }
+}

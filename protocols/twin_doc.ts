@@ -1,0 +1,646 @@
+/**
+ * One asset's twin as an Automerge document, with the layout that makes every
+ * field's merge deterministic, and the validation that keeps peers' garbage
+ * out of resolved state.
+ *
+ * Layout: a flat root map (nested maps created concurrently by two replicas
+ * would hide each other's contents, so there are none). Every writing node
+ * has its own keys, tagged with a short hash of its node id, so concurrent
+ * writers never touch the same key: merging is then a per-key no-conflict
+ * insert for Automerge (about 2.5x faster to sync than shared keys) and the
+ * merge rule is ours, not Automerge's actor order:
+ *
+ * | key                               | value                    | rule |
+ * |-----------------------------------|--------------------------|------|
+ * | `meta:kind`, `meta:factory`, ...  | string                   | set once by the creator |
+ * | `n:<tag>`                         | node id                  | names the node behind a writer tag |
+ * | `f:<field>@<tag>`                 | `"<wall>.<logical>\|<json>"` | LWW: the highest HLC over all writers' slots wins |
+ * | `c:<field>@<tag>`                 | `"<wall>.<logical>\|<total>"` | G-counter: one running total per writer; value = sum |
+ * | `s:<field>=<element>@<hlc>`       | `1`                      | OR-set: one key per add (tag = full HLC); remove deletes the observed tags |
+ *
+ * A slot holds its writer's latest write, and a writer's HLC only grows, so
+ * "highest HLC over all slots" is the highest HLC ever written to the field.
+ * Should one key still hold concurrent values (a gateway that lost its
+ * database and rewrote its slot), `getAll` conflicts resolve the same way:
+ * highest HLC for LWW, largest total for counters.
+ *
+ * Local writes go straight into Automerge's open transaction (so reads see
+ * them) and become one Automerge change per {@link TwinDoc.commit}; the
+ * service commits every publish interval, so one change carries a batch of
+ * field writes.
+ *
+ * @example
+ * ```ts
+ * import { TwinDoc } from "./twin_doc.ts";
+ * import { HybridLogicalClock } from "./hlc.ts";
+ * const clock = new HybridLogicalClock({ node: "gw-a" });
+ * const doc = TwinDoc.create("arm-1", { kind: "welding-arm", factory: "f1", owner: "gw-a", ownerNode: "gw-a" }, clock.now(), "gw-a");
+ * doc.write([{ op: "set", field: "setpoints.weldCurrentA", value: 180 }], clock.now());
+ * doc.commit();
+ * console.assert(doc.resolve().fields["setpoints.weldCurrentA"]?.value === 180);
+ * ```
+ */
+import * as Automerge from "@automerge/automerge";
+import { assert } from "./assert.ts";
+import {
+  compareTimestamps,
+  formatTimestamp,
+  InvalidTimestampError,
+  parseTimestamp,
+  type Timestamp,
+} from "./hlc.ts";
+import {
+  type FieldSpec,
+  isFieldName,
+  TWIN_MODELS,
+  type TwinValue,
+  type TwinWrite,
+  validateValue,
+} from "./twin_model.ts";
+
+type Handle = ReturnType<typeof Automerge.getBackend>;
+/** Automerge's per-peer sync bookkeeping. */
+export type TwinSyncState = ReturnType<typeof Automerge.initSyncState>;
+
+/**
+ * Changes from gossip whose dependencies have not arrived yet are parked per
+ * document, up to this many. Gossip reorders by a few messages at most; a
+ * longer gap means messages were lost, and one sync session (which the caller
+ * starts when this overflows) fetches the whole gap more cheaply than parking.
+ */
+export const MAX_PARKED_CHANGES_PER_DOC = 256;
+/** history() returns at most this many entries; it walks the whole change log. */
+export const MAX_HISTORY_ENTRIES = 1_000;
+
+/** Document metadata written by the creating (owning) gateway. */
+export interface TwinMeta {
+  readonly kind: string;
+  readonly factory: string;
+  /** Gateway name of the owner. */
+  readonly owner: string;
+  /** HLC node id (peer ID) of the owner. */
+  readonly ownerNode: string;
+}
+
+/** One resolved field: its value and the HLC of the write that produced it. */
+export interface ResolvedField {
+  readonly value: TwinValue;
+  readonly hlc: Timestamp;
+}
+
+/** The merged view of a document. */
+export interface ResolvedTwin {
+  readonly assetId: string;
+  readonly meta: Partial<TwinMeta>;
+  readonly fields: Readonly<Record<string, ResolvedField>>;
+  /** Highest HLC of any resolved field, or undefined for an empty twin. */
+  readonly lastHlc: Timestamp | undefined;
+  /** Stored values ignored because they fail the model (written by a buggy or hostile peer). */
+  readonly invalidValues: number;
+}
+
+/** One entry of a twin's change log. */
+export interface TwinHistoryEntry {
+  readonly hlc: string;
+  readonly origin: string;
+  readonly hash: string;
+  readonly actor: string;
+}
+
+/** Outcome of applying a batch of changes received by gossip. */
+export interface ApplyResult {
+  applied: number;
+  duplicate: number;
+  parked: number;
+  /** Parked changes pushed out by newer ones (a sync session will refetch them). */
+  evicted: number;
+  malformed: number;
+  invalid: number;
+}
+
+const META_KEYS = {
+  kind: "meta:kind",
+  factory: "meta:factory",
+  owner: "meta:owner",
+  ownerNode: "meta:ownerNode",
+} as const;
+
+interface CommitMessage {
+  h: string;
+  o: string;
+}
+
+/** See the module documentation. */
+export class TwinDoc {
+  readonly assetId: string;
+  #doc: Automerge.Doc<unknown>;
+  #handle: Handle;
+  #pendingHlc: Timestamp | undefined;
+  #pendingOrigin = "";
+  #parked = new Map<string, { change: Uint8Array; deps: string[] }>();
+  #unpublished: Uint8Array[] = [];
+
+  private constructor(assetId: string, doc: Automerge.Doc<unknown>) {
+    this.assetId = assetId;
+    this.#doc = doc;
+    this.#handle = Automerge.getBackend(doc);
+  }
+
+  /** A new twin with its metadata, committed as the genesis change. */
+  static create(assetId: string, meta: TwinMeta, hlc: Timestamp, origin: string): TwinDoc {
+    const doc = new TwinDoc(assetId, Automerge.init());
+    doc.writeMeta(meta, hlc, origin);
+    return doc;
+  }
+
+  /** Writes the metadata and commits it. */
+  writeMeta(meta: TwinMeta, hlc: Timestamp, origin: string): void {
+    for (const [name, key] of Object.entries(META_KEYS)) {
+      this.#handle.put("_root", key, meta[name as keyof TwinMeta]);
+    }
+    this.#notePending(hlc, origin);
+    this.commit();
+  }
+
+  /** An empty twin, to be filled by sync or gossip. */
+  static empty(assetId: string): TwinDoc {
+    return new TwinDoc(assetId, Automerge.init());
+  }
+
+  /** A twin from stored chunks (a snapshot followed by incremental saves). */
+  static load(assetId: string, chunks: readonly Uint8Array[]): TwinDoc {
+    if (chunks.length === 0) return TwinDoc.empty(assetId);
+    const size = chunks.reduce((n, c) => n + c.length, 0);
+    const joined = new Uint8Array(size);
+    let offset = 0;
+    for (const chunk of chunks) {
+      joined.set(chunk, offset);
+      offset += chunk.length;
+    }
+    const doc = new TwinDoc(assetId, Automerge.load(joined));
+    // Everything loaded is already stored: the next incremental save starts here.
+    doc.#handle.saveIncremental();
+    return doc;
+  }
+
+  /** Uncommitted operations in the open batch. */
+  get pendingOps(): number {
+    return this.#handle.pendingOps();
+  }
+
+  /** Parked gossip changes waiting for dependencies. */
+  get parkedChanges(): number {
+    return this.#parked.size;
+  }
+
+  /** Metadata, as far as it has arrived. */
+  meta(): Partial<TwinMeta> {
+    const out: Record<string, string> = {};
+    for (const [name, key] of Object.entries(META_KEYS)) {
+      const value = this.#handle.get("_root", key);
+      if (typeof value === "string") out[name] = value;
+    }
+    return out;
+  }
+
+  /** Applies validated writes to the open batch, all stamped `hlc` (by node `hlc.node`). */
+  write(writes: readonly TwinWrite[], hlc: Timestamp, origin = ""): void {
+    const tag = writerTag(hlc.node);
+    if (this.#handle.get("_root", `n:${tag}`) !== hlc.node) {
+      this.#handle.put("_root", `n:${tag}`, hlc.node);
+    }
+    const stamp = shortStamp(hlc);
+    for (const write of writes) {
+      assert(isFieldName(write.field), "validated writes name a valid field");
+      switch (write.op) {
+        case "set":
+          this.#handle.put(
+            "_root",
+            `f:${write.field}@${tag}`,
+            `${stamp}|${JSON.stringify(write.value)}`,
+          );
+          break;
+        case "increment": {
+          const key = `c:${write.field}@${tag}`;
+          const total = this.#counterSlot(key, hlc.node)?.total ?? 0;
+          this.#handle.put("_root", key, `${stamp}|${total + write.delta}`);
+          break;
+        }
+        case "add":
+          this.#handle.put("_root", `s:${write.field}=${write.element}@${formatTimestamp(hlc)}`, 1);
+          break;
+        case "remove": {
+          const prefix = `s:${write.field}=${write.element}@`;
+          for (const key of this.#handle.keys("_root")) {
+            if (key.startsWith(prefix)) this.#handle.delete("_root", key);
+          }
+          break;
+        }
+      }
+    }
+    this.#notePending(hlc, origin);
+  }
+
+  #notePending(hlc: Timestamp, origin: string): void {
+    if (!this.#pendingHlc || compareTimestamps(hlc, this.#pendingHlc) > 0) this.#pendingHlc = hlc;
+    if (origin) this.#pendingOrigin = origin;
+  }
+
+  /**
+   * Local changes committed since the last call, oldest first: to gossip.
+   * (Commits also happen implicitly before sync and remote changes, so this
+   * is how the publisher finds all of them.)
+   */
+  takeUnpublished(): Uint8Array[] {
+    const out = this.#unpublished;
+    this.#unpublished = [];
+    return out;
+  }
+
+  /** Tags of an or-set element currently present (one per surviving add). */
+  setTags(field: string, element: string): string[] {
+    const prefix = `s:${field}=${element}@`;
+    return this.#handle.keys("_root").filter((k) => k.startsWith(prefix)).map((k) =>
+      k.slice(prefix.length)
+    );
+  }
+
+  /**
+   * Closes the open batch into one Automerge change; returns its bytes or
+   * null when nothing was pending.
+   */
+  commit(): Uint8Array | null {
+    const hlc = this.#pendingHlc;
+    this.#pendingHlc = undefined;
+    if (this.#handle.pendingOps() === 0 || !hlc) return null;
+    const message: CommitMessage = { h: formatTimestamp(hlc), o: this.#pendingOrigin };
+    // Change time stays 0: HLCs order twin writes, and a constant keeps changes byte-stable.
+    const hash = this.#handle.commit(JSON.stringify(message), 0);
+    assert(hash !== null, "a commit with pending ops produces a change");
+    const change = this.#handle.getLastLocalChange();
+    assert(change !== null, "the change just committed is retrievable");
+    this.#unpublished.push(change);
+    return change;
+  }
+
+  /** Current heads (hashes of the latest changes). */
+  heads(): string[] {
+    this.commit();
+    return this.#handle.getHeads();
+  }
+
+  /**
+   * Applies changes received by gossip. Malformed or model-violating changes
+   * are dropped; changes whose dependencies are missing are parked (bounded)
+   * until they arrive.
+   */
+  applyChanges(changes: readonly Uint8Array[]): ApplyResult {
+    this.commit();
+    const result: ApplyResult = {
+      applied: 0,
+      duplicate: 0,
+      parked: 0,
+      evicted: 0,
+      malformed: 0,
+      invalid: 0,
+    };
+    for (const change of changes) {
+      let decoded: Automerge.DecodedChange;
+      try {
+        decoded = Automerge.decodeChange(change);
+      } catch {
+        result.malformed++;
+        continue;
+      }
+      if (!changeOpsAreValid(decoded)) {
+        result.invalid++;
+        continue;
+      }
+      if (this.#has(decoded.hash) || this.#parked.has(decoded.hash)) {
+        result.duplicate++;
+        continue;
+      }
+      if (this.#parked.size >= MAX_PARKED_CHANGES_PER_DOC) {
+        const oldest = this.#parked.keys().next().value as string;
+        this.#parked.delete(oldest);
+        result.evicted++;
+      }
+      this.#parked.set(decoded.hash, { change, deps: decoded.deps });
+      result.parked++;
+    }
+    result.applied = this.#applyReadyParked();
+    result.parked = Math.max(0, result.parked - result.applied);
+    return result;
+  }
+
+  /** Applies every parked change whose dependencies are all present; bounded by the park size. */
+  #applyReadyParked(): number {
+    let applied = 0;
+    for (let pass = 0; pass <= MAX_PARKED_CHANGES_PER_DOC && this.#parked.size > 0; pass++) {
+      const ready: Uint8Array[] = [];
+      for (const [hash, parked] of this.#parked) {
+        if (parked.deps.every((dep) => this.#has(dep))) {
+          ready.push(parked.change);
+          this.#parked.delete(hash);
+        }
+      }
+      if (ready.length === 0) break;
+      this.#handle.applyChanges(ready);
+      applied += ready.length;
+    }
+    return applied;
+  }
+
+  #has(hash: string): boolean {
+    return this.#handle.getChangeMetaByHash(hash) !== null;
+  }
+
+  /** Automerge sync: the next message for a peer, or null when it has everything. */
+  generateSyncMessage(state: TwinSyncState): [TwinSyncState, Uint8Array | null] {
+    this.commit();
+    return Automerge.generateSyncMessage(this.#doc, state);
+  }
+
+  /**
+   * Automerge sync: applies a peer's message. Throws {@link TwinSyncMessageError}
+   * when it does not decode or Automerge refuses it; the document is unchanged
+   * then. Unlike gossip changes, the contents are not checked op by op before
+   * applying (a sync message may carry a whole compressed document, and
+   * decoding every change would halve reconcile speed): values and keys that
+   * break the layout are ignored, deterministically on every replica, when the
+   * twin is resolved, and counted as `invalidValues`.
+   */
+  receiveSyncMessage(state: TwinSyncState, message: Uint8Array): TwinSyncState {
+    this.commit();
+    try {
+      Automerge.decodeSyncMessage(message);
+    } catch (cause) {
+      throw new TwinSyncMessageError(this.assetId, "does not decode", { cause });
+    }
+    let next: [Automerge.Doc<unknown>, TwinSyncState, null];
+    try {
+      next = Automerge.receiveSyncMessage(this.#doc, state, message);
+    } catch (cause) {
+      throw new TwinSyncMessageError(this.assetId, "was refused by Automerge", { cause });
+    }
+    this.#doc = next[0];
+    this.#handle = Automerge.getBackend(this.#doc);
+    this.#applyReadyParked();
+    return next[1];
+  }
+
+  /** Bytes to append to storage: everything since the previous save. */
+  saveIncremental(): Uint8Array {
+    this.commit();
+    return this.#handle.saveIncremental();
+  }
+
+  /** A compacted snapshot of the whole document. */
+  save(): Uint8Array {
+    this.commit();
+    return this.#handle.save();
+  }
+
+  /** Automerge changes in the document. */
+  changeCount(): number {
+    return this.#handle.stats().numChanges;
+  }
+
+  /** The merged state, with stored values that fail the model ignored (and counted). */
+  resolve(): ResolvedTwin {
+    const meta = this.meta();
+    const model = meta.kind ? TWIN_MODELS.get(meta.kind) : undefined;
+    const keys = this.#handle.keys("_root");
+    const nodes = new Map<string, string>();
+    for (const key of keys) {
+      if (!key.startsWith("n:")) continue;
+      const node = this.#handle.get("_root", key);
+      if (typeof node === "string" && writerTag(node) === key.slice(2)) {
+        nodes.set(key.slice(2), node);
+      }
+    }
+    const fields: Record<string, ResolvedField> = {};
+    const counters = new Map<string, { total: number; hlc: Timestamp }>();
+    const sets = new Map<string, { elements: Set<string>; hlc: Timestamp }>();
+    let invalidValues = 0;
+    for (const key of keys) {
+      const parsed = parseKey(key);
+      if (!parsed || parsed.kind === "meta" || parsed.kind === "node") {
+        if (!parsed) invalidValues++;
+        continue;
+      }
+      const spec = model && Object.hasOwn(model.fields, parsed.field)
+        ? model.fields[parsed.field]
+        : undefined;
+      if (!spec || spec.crdt !== CRDT_OF_KEY[parsed.kind]) {
+        invalidValues++;
+        continue;
+      }
+      if (parsed.kind === "set") {
+        if (!(spec.elements ?? []).includes(parsed.element)) {
+          invalidValues++;
+          continue;
+        }
+        const set = sets.get(parsed.field) ?? { elements: new Set(), hlc: parsed.hlc };
+        set.elements.add(parsed.element);
+        if (compareTimestamps(parsed.hlc, set.hlc) > 0) set.hlc = parsed.hlc;
+        sets.set(parsed.field, set);
+        continue;
+      }
+      const node = nodes.get(parsed.tag);
+      if (node === undefined) {
+        invalidValues++;
+        continue;
+      }
+      if (parsed.kind === "lww") {
+        const best = this.#lwwSlot(key, node, parsed.field, spec);
+        const current = fields[parsed.field];
+        if (!best) invalidValues++;
+        else if (!current || compareTimestamps(best.hlc, current.hlc) > 0) {
+          fields[parsed.field] = best;
+        }
+      } else {
+        const slot = this.#counterSlot(key, node);
+        if (!slot) {
+          invalidValues++;
+          continue;
+        }
+        const sum = counters.get(parsed.field);
+        counters.set(parsed.field, {
+          total: (sum?.total ?? 0) + slot.total,
+          hlc: sum && compareTimestamps(sum.hlc, slot.hlc) > 0 ? sum.hlc : slot.hlc,
+        });
+      }
+    }
+    for (const [field, { total, hlc }] of counters) fields[field] = { value: total, hlc };
+    for (const [field, { elements, hlc }] of sets) {
+      fields[field] = { value: [...elements].sort(), hlc };
+    }
+    let lastHlc: Timestamp | undefined;
+    for (const { hlc } of Object.values(fields)) {
+      if (!lastHlc || compareTimestamps(hlc, lastHlc) > 0) lastHlc = hlc;
+    }
+    return { assetId: this.assetId, meta, fields, lastHlc, invalidValues };
+  }
+
+  /** The highest-HLC valid value among Automerge's concurrent values of one writer slot. */
+  #lwwSlot(key: string, node: string, field: string, spec: FieldSpec): ResolvedField | undefined {
+    let best: ResolvedField | undefined;
+    for (const [type, raw] of this.#handle.getAll("_root", key)) {
+      if (type !== "str") continue;
+      const entry = parseStamped(raw as string, node);
+      if (!entry) continue;
+      let value: TwinValue;
+      try {
+        value = validateValue(field, spec, entry.json);
+      } catch {
+        continue;
+      }
+      if (!best || compareTimestamps(entry.hlc, best.hlc) > 0) best = { value, hlc: entry.hlc };
+    }
+    return best;
+  }
+
+  /** A writer's counter slot; concurrent totals (a writer that lost its state) merge by max. */
+  #counterSlot(key: string, node: string): { total: number; hlc: Timestamp } | undefined {
+    let best: { total: number; hlc: Timestamp } | undefined;
+    for (const [type, raw] of this.#handle.getAll("_root", key)) {
+      if (type !== "str") continue;
+      const entry = parseStamped(raw as string, node);
+      const total = entry?.json;
+      if (!entry || typeof total !== "number" || !Number.isSafeInteger(total) || total < 0) {
+        continue;
+      }
+      if (!best || total > best.total) best = { total, hlc: entry.hlc };
+    }
+    return best;
+  }
+
+  /** The most recent `limit` changes by HLC, with their origin gateway. */
+  history(limit: number): TwinHistoryEntry[] {
+    this.commit();
+    const bounded = Math.max(0, Math.min(Math.floor(limit), MAX_HISTORY_ENTRIES));
+    const entries: TwinHistoryEntry[] = [];
+    for (const meta of this.#handle.getChangesMeta([])) {
+      const message = parseCommitMessage(meta.message);
+      if (!message) continue;
+      entries.push({ hlc: message.h, origin: message.o, hash: meta.hash, actor: meta.actor });
+    }
+    entries.sort((a, b) => (a.hlc < b.hlc ? -1 : a.hlc > b.hlc ? 1 : 0));
+    return entries.slice(Math.max(0, entries.length - bounded));
+  }
+}
+
+/** A sync message that cannot be applied; the session with that peer is abandoned. */
+export class TwinSyncMessageError extends Error {
+  override name = "TwinSyncMessageError";
+  constructor(assetId: string, problem: string, options?: ErrorOptions) {
+    super(`sync message for twin "${assetId}" ${problem}`, options);
+  }
+}
+
+type ParsedKey =
+  | { kind: "meta" }
+  | { kind: "node" }
+  | { kind: "lww"; field: string; tag: string }
+  | { kind: "counter"; field: string; tag: string }
+  | { kind: "set"; field: string; element: string; hlc: Timestamp };
+
+const CRDT_OF_KEY = { lww: "lww", counter: "g-counter", set: "or-set" } as const;
+const META_KEY_SET: ReadonlySet<string> = new Set(Object.values(META_KEYS));
+const TAG_PATTERN = /^[0-9a-z]{1,12}$/;
+
+/**
+ * A short, stable tag for a writer's node id (53-bit FNV-style hash, base 36,
+ * ≤ 11 chars). Keys carry the tag instead of a 52-char peer ID: key length
+ * is paid on every op. Two nodes colliding would share slots; at 2^-53 per
+ * pair that is ignored.
+ */
+export function writerTag(node: string): string {
+  let h1 = 0xdeadbeef;
+  let h2 = 0x41c6ce57;
+  for (let i = 0; i < node.length; i++) {
+    const c = node.charCodeAt(i);
+    h1 = Math.imul(h1 ^ c, 2654435761);
+    h2 = Math.imul(h2 ^ c, 1597334677);
+  }
+  h1 = Math.imul(h1 ^ (h1 >>> 16), 2246822507) ^ Math.imul(h2 ^ (h2 >>> 13), 3266489909);
+  h2 = Math.imul(h2 ^ (h2 >>> 16), 2246822507) ^ Math.imul(h1 ^ (h1 >>> 13), 3266489909);
+  return (4294967296 * (2097151 & h2) + (h1 >>> 0)).toString(36);
+}
+
+/** `<wall>.<logical>` of a stamp; the node is implied by the slot's tag. */
+function shortStamp(hlc: Timestamp): string {
+  return formatTimestamp(hlc).slice(0, 21);
+}
+
+/** Parses a document key of the layout; undefined for anything else. */
+function parseKey(key: string): ParsedKey | undefined {
+  if (META_KEY_SET.has(key)) return { kind: "meta" };
+  if (key.startsWith("n:")) return TAG_PATTERN.test(key.slice(2)) ? { kind: "node" } : undefined;
+  if (key.startsWith("f:") || key.startsWith("c:")) {
+    const at = key.indexOf("@");
+    const field = key.slice(2, at);
+    const tag = key.slice(at + 1);
+    if (at < 0 || !isFieldName(field) || !TAG_PATTERN.test(tag)) return undefined;
+    return { kind: key.startsWith("f:") ? "lww" : "counter", field, tag };
+  }
+  if (key.startsWith("s:")) {
+    const eq = key.indexOf("=");
+    const at = key.indexOf("@", eq);
+    if (eq < 0 || at < 0) return undefined;
+    const field = key.slice(2, eq);
+    const element = key.slice(eq + 1, at);
+    const hlc = parseHlc(key.slice(at + 1));
+    return isFieldName(field) && element.length > 0 && hlc
+      ? { kind: "set", field, element, hlc }
+      : undefined;
+  }
+  return undefined;
+}
+
+function parseHlc(text: string): Timestamp | undefined {
+  try {
+    return parseTimestamp(text);
+  } catch (error) {
+    if (error instanceof InvalidTimestampError) return undefined;
+    throw error;
+  }
+}
+
+/** Parses `"<wall>.<logical>|<json>"` written by `node`; undefined when malformed. */
+function parseStamped(raw: string, node: string): { hlc: Timestamp; json: unknown } | undefined {
+  const bar = raw.indexOf("|");
+  if (bar !== 21) return undefined;
+  const hlc = parseHlc(`${raw.slice(0, bar)}.${node}`);
+  if (!hlc) return undefined;
+  try {
+    return { hlc, json: JSON.parse(raw.slice(bar + 1)) };
+  } catch {
+    return undefined;
+  }
+}
+
+function parseCommitMessage(message: string | null): CommitMessage | undefined {
+  if (!message) return undefined;
+  try {
+    const parsed = JSON.parse(message);
+    if (typeof parsed?.h === "string" && typeof parsed?.o === "string") return parsed;
+  } catch {
+    // A foreign or corrupt message: the change still counts, it just has no history entry.
+  }
+  return undefined;
+}
+
+/**
+ * A change may only set or delete keys of the layout on the root map: no
+ * nested objects, lists, text or counters. Values are checked when resolved.
+ */
+function changeOpsAreValid(change: Automerge.DecodedChange): boolean {
+  for (const op of change.ops) {
+    if (op.obj !== "_root") return false;
+    if (op.action !== "set" && op.action !== "del") return false;
+    if (typeof op.key !== "string" || !parseKey(op.key)) return false;
+  }
+  return true;
+}

@@ -1,0 +1,319 @@
+/**
+ * Twin sync sessions: Automerge's sync protocol for every twin two peers both
+ * replicate, run over one stream of the `/twinmesh/twin-sync/1.0.0` protocol
+ * on every (re)connection. It fetches whatever gossip missed, so a partition
+ * of any length heals without manual work.
+ *
+ * The session is a pure state machine ({@link TwinSyncSession}: frames in,
+ * frames out); {@link runTwinSyncSession} drives it over a libp2p `Stream`
+ * with length-prefixed frames. Turn-taking keeps it deadlock-free and bounds
+ * buffering: after both hellos, the initiator sends a round of frames ending
+ * with `end-round`, the responder answers with its round, and so on; the
+ * session ends when two consecutive rounds (one from each side) are empty.
+ *
+ * @example
+ * ```ts
+ * import { TwinSyncSession } from "./twin_sync.ts";
+ * // `replicaA` and `replicaB` implement TwinSyncTarget (see TwinReplica).
+ * declare const replicaA: import("./twin_sync.ts").TwinSyncTarget;
+ * declare const replicaB: import("./twin_sync.ts").TwinSyncTarget;
+ * const a = new TwinSyncSession("initiator", replicaA);
+ * const b = new TwinSyncSession("responder", replicaB);
+ * let toB = a.start();
+ * while (!a.done || !b.done) {
+ *   const toA = toB.flatMap((f) => b.receive(f));
+ *   toB = toA.flatMap((f) => a.receive(f));
+ *   if (toA.length === 0 && toB.length === 0) break;
+ * }
+ * ```
+ */
+import type { Stream } from "@libp2p/interface";
+import { lpStream } from "@libp2p/utils";
+import { assert } from "./assert.ts";
+import {
+  chunkSyncMessage,
+  decodeSyncFrame,
+  encodeSyncFrame,
+  MAX_SYNC_FRAME_BYTES,
+  MAX_SYNC_MESSAGE_BYTES,
+  type SyncFrame,
+  TwinCodecError,
+} from "./twin_codec.ts";
+import type { TwinSyncState } from "./twin_doc.ts";
+import * as Automerge from "@automerge/automerge";
+
+/**
+ * Bytes of sync frames one side sends per round. The receiver buffers at most
+ * one round while it applies frames, so this bounds its memory; frames of a
+ * larger backlog continue in the next round.
+ */
+export const MAX_ROUND_BYTES = 8 * 1024 * 1024;
+/**
+ * Rounds per session. Automerge needs 3-5 per twin (all twins run in
+ * parallel) plus one per {@link MAX_ROUND_BYTES} of backlog; a 48-hour
+ * backlog of 20 arms is well under 200. A peer that never converges is cut off here.
+ */
+export const MAX_SYNC_ROUNDS = 1_000;
+/** A session that has not finished after this long is aborted (2 min ≈ 150 MB at 10 Mbit/s). */
+export const SYNC_SESSION_TIMEOUT_MS = 120_000;
+
+/** What a sync session needs from the replica. */
+export interface TwinSyncTarget {
+  /** Factories this replica replicates. */
+  readonly factories: readonly string[];
+  /** Twins this replica holds in `factories`, with their factory. */
+  listDocs(): readonly { readonly assetId: string; readonly factory: string }[];
+  /** Makes sure a twin exists (empty if new); false when it may not be held (limit, factory). */
+  ensureDoc(assetId: string, factory: string): boolean;
+  generateSyncMessage(assetId: string, state: TwinSyncState): [TwinSyncState, Uint8Array | null];
+  /** Applies a peer's sync message; throws when it is invalid. */
+  receiveSyncMessage(assetId: string, state: TwinSyncState, message: Uint8Array): TwinSyncState;
+}
+
+/** The peer broke the session protocol; the session is abandoned. */
+export class TwinSyncProtocolError extends Error {
+  override name = "TwinSyncProtocolError";
+}
+
+/** Counters of one session. */
+export interface TwinSyncSessionStats {
+  rounds: number;
+  messagesSent: number;
+  messagesReceived: number;
+  framesIgnored: number;
+}
+
+type Phase = "start" | "await-hello" | "rounds" | "done";
+
+/** See the module documentation. */
+export class TwinSyncSession {
+  readonly role: "initiator" | "responder";
+  readonly stats: TwinSyncSessionStats = {
+    rounds: 0,
+    messagesSent: 0,
+    messagesReceived: 0,
+    framesIgnored: 0,
+  };
+  #target: TwinSyncTarget;
+  #phase: Phase = "start";
+  #docs: string[] = [];
+  #states = new Map<string, TwinSyncState>();
+  #outgoing: SyncFrame[] = [];
+  #incoming = new Map<string, { parts: number; chunks: Uint8Array[]; bytes: number }>();
+  #receivedInRound = 0;
+  #lastSentEmpty = false;
+  #maxRounds: number;
+
+  /**
+   * `states` seeds per-twin sync states remembered from an earlier session
+   * with the same peer (saves a round trip per twin); they are updated in place.
+   */
+  constructor(
+    role: "initiator" | "responder",
+    target: TwinSyncTarget,
+    options: { states?: Map<string, TwinSyncState>; maxRounds?: number } = {},
+  ) {
+    this.role = role;
+    this.#target = target;
+    this.#states = options.states ?? new Map();
+    this.#maxRounds = options.maxRounds ?? MAX_SYNC_ROUNDS;
+  }
+
+  /** True once both sides sent an empty round (or the round limit was hit). */
+  get done(): boolean {
+    return this.#phase === "done";
+  }
+
+  /** Per-twin sync states, to remember for the next session with this peer. */
+  get states(): Map<string, TwinSyncState> {
+    return this.#states;
+  }
+
+  /** Frames to send first: the initiator's hello. */
+  start(): SyncFrame[] {
+    assert(this.#phase === "start", "a sync session starts once");
+    this.#phase = "await-hello";
+    return this.role === "initiator" ? [this.#hello()] : [];
+  }
+
+  /** Handles one frame from the peer; returns frames to send. Throws {@link TwinSyncProtocolError}. */
+  receive(frame: SyncFrame): SyncFrame[] {
+    if (this.#phase === "await-hello") {
+      if (frame.type !== "hello") {
+        throw new TwinSyncProtocolError(`expected hello, got ${frame.type}`);
+      }
+      this.#chooseDocs(frame);
+      this.#phase = "rounds";
+      if (this.role === "responder") return [this.#hello()];
+      return this.#round(false);
+    }
+    if (this.#phase !== "rounds") {
+      throw new TwinSyncProtocolError(`unexpected ${frame.type} frame after the session ended`);
+    }
+    if (frame.type === "hello") throw new TwinSyncProtocolError("second hello");
+    if (frame.type === "sync") {
+      this.#receiveChunk(frame);
+      return [];
+    }
+    const peerEmpty = this.#receivedInRound === 0;
+    this.#receivedInRound = 0;
+    this.stats.rounds++;
+    if (peerEmpty && this.#lastSentEmpty) {
+      this.#phase = "done";
+      return [];
+    }
+    return this.#round(peerEmpty);
+  }
+
+  #hello(): SyncFrame {
+    const shared = new Set(this.#target.factories);
+    const docs = this.#target.listDocs().filter((d) => shared.has(d.factory));
+    return { type: "hello", factories: [...this.#target.factories], docs };
+  }
+
+  #chooseDocs(hello: Extract<SyncFrame, { type: "hello" }>): void {
+    const theirs = new Set(hello.factories);
+    const shared = new Set(this.#target.factories.filter((f) => theirs.has(f)));
+    const ids = new Set<string>();
+    for (const doc of this.#target.listDocs()) if (shared.has(doc.factory)) ids.add(doc.assetId);
+    for (const doc of hello.docs) {
+      if (
+        shared.has(doc.factory) &&
+        (ids.has(doc.assetId) || this.#target.ensureDoc(doc.assetId, doc.factory))
+      ) {
+        ids.add(doc.assetId);
+      }
+    }
+    this.#docs = [...ids].sort();
+  }
+
+  #receiveChunk(frame: Extract<SyncFrame, { type: "sync" }>): void {
+    this.#receivedInRound++;
+    if (!this.#docs.includes(frame.assetId)) {
+      // A twin the peer shares but we could not hold (limit): skip its dialogue.
+      this.stats.framesIgnored++;
+      return;
+    }
+    const partial = this.#incoming.get(frame.assetId) ??
+      { parts: frame.parts, chunks: [], bytes: 0 };
+    if (partial.parts !== frame.parts || partial.chunks.length !== frame.part) {
+      throw new TwinSyncProtocolError(
+        `chunk ${frame.part}/${frame.parts} of "${frame.assetId}" out of order`,
+      );
+    }
+    partial.chunks.push(frame.bytes);
+    partial.bytes += frame.bytes.length;
+    if (partial.bytes > MAX_SYNC_MESSAGE_BYTES) {
+      throw new TwinSyncProtocolError(
+        `sync message for "${frame.assetId}" exceeds ${MAX_SYNC_MESSAGE_BYTES} B`,
+      );
+    }
+    if (partial.chunks.length < partial.parts) {
+      this.#incoming.set(frame.assetId, partial);
+      return;
+    }
+    this.#incoming.delete(frame.assetId);
+    const message = partial.chunks.length === 1
+      ? partial.chunks[0]!
+      : concat(partial.chunks, partial.bytes);
+    const state = this.#states.get(frame.assetId) ?? Automerge.initSyncState();
+    this.#states.set(frame.assetId, this.#target.receiveSyncMessage(frame.assetId, state, message));
+    this.stats.messagesReceived++;
+  }
+
+  #round(peerEmpty: boolean): SyncFrame[] {
+    if (this.stats.rounds >= this.#maxRounds) {
+      this.#phase = "done";
+      return [{ type: "end-round" }];
+    }
+    const busy = new Set<string>();
+    for (const frame of this.#outgoing) if (frame.type === "sync") busy.add(frame.assetId);
+    for (const assetId of this.#docs) {
+      if (busy.has(assetId)) continue; // the previous message is still being sent
+      const state = this.#states.get(assetId) ?? Automerge.initSyncState();
+      const [next, message] = this.#target.generateSyncMessage(assetId, state);
+      this.#states.set(assetId, next);
+      if (message) {
+        this.#outgoing.push(...chunkSyncMessage(assetId, message));
+        this.stats.messagesSent++;
+      }
+    }
+    const frames: SyncFrame[] = [];
+    let bytes = 0;
+    while (this.#outgoing.length > 0 && (frames.length === 0 || bytes < MAX_ROUND_BYTES)) {
+      const frame = this.#outgoing.shift()!;
+      bytes += frame.type === "sync" ? frame.bytes.length : 0;
+      frames.push(frame);
+    }
+    this.#lastSentEmpty = frames.length === 0;
+    if (peerEmpty && this.#lastSentEmpty) this.#phase = "done";
+    frames.push({ type: "end-round" });
+    return frames;
+  }
+}
+
+function concat(chunks: readonly Uint8Array[], size: number): Uint8Array {
+  const out = new Uint8Array(size);
+  let offset = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return out;
+}
+
+/** Byte counts of a session run over a stream. */
+export interface TwinSyncRunResult {
+  readonly bytesSent: number;
+  readonly bytesReceived: number;
+}
+
+/**
+ * Runs `session` over `stream` until it is done, then closes the stream (a
+ * libp2p protocol handler must close its streams). On any error the stream is
+ * aborted and the error rethrown: {@link TwinSyncProtocolError} or
+ * {@link TwinCodecError} for a misbehaving peer, others for a lost link.
+ */
+export async function runTwinSyncSession(
+  stream: Stream,
+  session: TwinSyncSession,
+  options: { signal?: AbortSignal } = {},
+): Promise<TwinSyncRunResult> {
+  const signal = options.signal ?? AbortSignal.timeout(SYNC_SESSION_TIMEOUT_MS);
+  const lp = lpStream(stream, {
+    maxDataLength: MAX_SYNC_FRAME_BYTES,
+    // One round plus one frame of slack (see MAX_ROUND_BYTES).
+    maxBufferSize: MAX_ROUND_BYTES + 2 * MAX_SYNC_FRAME_BYTES,
+  });
+  let bytesSent = 0;
+  let bytesReceived = 0;
+  const send = async (frames: SyncFrame[]) => {
+    if (frames.length === 0) return;
+    const encoded = frames.map(encodeSyncFrame);
+    for (const bytes of encoded) bytesSent += bytes.length;
+    await lp.writeV(encoded, { signal });
+  };
+  try {
+    await send(session.start());
+    while (!session.done) {
+      const data = await lp.read({ signal });
+      const bytes = data.subarray();
+      // lpStream yields an empty read at end of stream; frames are never empty.
+      if (bytes.length === 0) throw new TwinSyncProtocolError("peer closed the stream mid-session");
+      bytesReceived += bytes.length;
+      let frame: SyncFrame;
+      try {
+        frame = decodeSyncFrame(bytes);
+      } catch (error) {
+        if (error instanceof TwinCodecError) throw error;
+        throw new TwinCodecError(`undecodable sync frame: ${error}`);
+      }
+      await send(session.receive(frame));
+    }
+    await stream.close({ signal });
+    return { bytesSent, bytesReceived };
+  } catch (error) {
+    stream.abort(error instanceof Error ? error : new Error(String(error)));
+    throw error;
+  }
+}

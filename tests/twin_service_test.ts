@@ -1,0 +1,273 @@
+import { deepStrictEqual, equal, ok, throws } from "node:assert/strict";
+import { DatabaseSync } from "node:sqlite";
+import { lpStream } from "@libp2p/utils";
+import { HybridLogicalClock } from "../protocols/hlc.ts";
+import { TWIN_SYNC_PROTOCOL } from "../protocols/twin_codec.ts";
+import {
+  createTwinService,
+  type OwnedAsset,
+  type TwinCommand,
+  TwinOwnershipError,
+  twinTopic,
+  TwinValidationError,
+  UnknownTwinError,
+} from "../node/twin_service.ts";
+import { eventually, makeTestNode, memoryLogger, type TestNode } from "./twin_test_util.ts";
+
+interface Gateway {
+  node: TestNode;
+  service: ReturnType<typeof createTwinService>;
+  db: DatabaseSync;
+  logger: ReturnType<typeof memoryLogger>;
+  commands: { assetId: string; command: TwinCommand }[];
+  stop(): Promise<void>;
+}
+
+async function startGateway(
+  name: string,
+  ownedAssets: OwnedAsset[],
+  options: { dbPath?: string; node?: TestNode } = {},
+): Promise<Gateway> {
+  const node = options.node ?? await makeTestNode();
+  const db = new DatabaseSync(options.dbPath ?? ":memory:");
+  const logger = memoryLogger();
+  const clock = new HybridLogicalClock({ node: node.peerId.toString() });
+  const service = createTwinService({ antiEntropyIntervalMs: 0 }, {
+    libp2p: node,
+    db,
+    clock,
+    logger,
+    factory: "f1",
+    gatewayName: name,
+    ownedAssets,
+  });
+  const commands: Gateway["commands"] = [];
+  service.onCommand((assetId, command) => commands.push({ assetId, command }));
+  await service.start();
+  return {
+    node,
+    service,
+    db,
+    logger,
+    commands,
+    async stop() {
+      await service.stop();
+      await node.stop();
+      db.close();
+    },
+  };
+}
+
+async function connect(a: Gateway, b: Gateway): Promise<void> {
+  await a.node.dial(b.node.getMultiaddrs()[0]!);
+}
+
+const options = { sanitizeOps: false, sanitizeResources: false };
+
+Deno.test({
+  name: "two gateways that wrote while disconnected converge once connected",
+  ...options,
+  fn: async () => {
+    const a = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }]);
+    const b = await startGateway("gw-b", [{ id: "arm-2", kind: "welding-arm" }]);
+    try {
+      a.service.writeMeasured("arm-1", {
+        joints: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+        counters: { weldCount: 2 },
+      });
+      b.service.command("arm-2", { setpoints: { weldCurrentA: 175 }, modes: { add: ["auto"] } });
+      await a.service.flushNow();
+      await b.service.flushNow();
+      await connect(a, b);
+      await eventually(
+        () => a.service.list().length === 2 && b.service.list().length === 2,
+        10_000,
+        "both twins on both gateways",
+      );
+      await eventually(
+        () =>
+          JSON.stringify(a.service.get("arm-2")) === JSON.stringify(b.service.get("arm-2")) &&
+          JSON.stringify(a.service.get("arm-1")) === JSON.stringify(b.service.get("arm-1")),
+        10_000,
+        "equal state",
+      );
+      equal(b.service.get("arm-1").fields["joints.a3"]?.value, 0.3);
+      equal(b.service.get("arm-1").owner, "gw-a");
+      deepStrictEqual(a.service.get("arm-2").fields.modes?.value, ["auto"]);
+      ok(a.service.stats().sync_sessions + b.service.stats().sync_sessions >= 1);
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+  },
+});
+
+Deno.test({
+  name: "a command written on another gateway reaches the owner's adapter",
+  ...options,
+  fn: async () => {
+    const a = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }]);
+    const b = await startGateway("gw-b", []);
+    try {
+      await connect(a, b);
+      await eventually(() => b.service.list().length === 1, 10_000, "b knows arm-1");
+      const { hlc } = b.service.command("arm-1", {
+        setpoints: { weldCurrentA: 190 },
+        modes: { add: ["hold"] },
+      });
+      await eventually(() => a.commands.length > 0, 10_000, "command delivered to the owner");
+      const last = a.commands.at(-1)!;
+      equal(last.assetId, "arm-1");
+      deepStrictEqual(last.command.setpoints, { weldCurrentA: 190 });
+      deepStrictEqual(last.command.modesAdded, ["hold"]);
+      equal(last.command.hlc, hlc);
+      const history = a.service.history("arm-1", 10);
+      ok(
+        history.some((entry) => entry.hlc === hlc && entry.origin === "gw-b"),
+        "history shows origin",
+      );
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+  },
+});
+
+Deno.test({
+  name: "the API rejects bad input with typed errors naming the problem",
+  ...options,
+  fn: async () => {
+    const a = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }]);
+    try {
+      throws(
+        () => a.service.command("arm-9", { setpoints: { weldCurrentA: 1 } }),
+        UnknownTwinError,
+      );
+      throws(
+        () => a.service.command("arm-1", { setpoints: { weldCurrentA: -5 } }),
+        (error: unknown) =>
+          error instanceof TwinValidationError && error.field === "setpoints.weldCurrentA",
+      );
+      throws(() => a.service.get("nope"), UnknownTwinError);
+      const { hlc } = a.service.command("arm-1", { setpoints: { weldCurrentA: 100 } });
+      equal(a.service.get("arm-1").fields["setpoints.weldCurrentA"]?.hlc, hlc);
+      equal(a.service.list()[0]?.lastHlc, hlc);
+      deepStrictEqual(a.commands.at(-1)?.command.setpoints, { weldCurrentA: 100 });
+    } finally {
+      await a.stop();
+    }
+  },
+});
+
+Deno.test({
+  name: "measured state is writable only by the owning gateway",
+  ...options,
+  fn: async () => {
+    const a = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }]);
+    const b = await startGateway("gw-b", []);
+    try {
+      await connect(a, b);
+      await eventually(() => b.service.list().length === 1, 10_000, "b knows arm-1");
+      throws(
+        () => b.service.writeMeasured("arm-1", { joints: [0, 0, 0, 0, 0, 0] }),
+        TwinOwnershipError,
+      );
+      throws(
+        () => b.service.writeMeasured("arm-7", { joints: [0, 0, 0, 0, 0, 0] }),
+        UnknownTwinError,
+      );
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+  },
+});
+
+Deno.test({
+  name: "malformed and oversized gossip is dropped and counted, and the gateway keeps working",
+  ...options,
+  fn: async () => {
+    const a = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }]);
+    const b = await startGateway("gw-b", []);
+    try {
+      await connect(a, b);
+      await eventually(() => b.service.list().length === 1, 10_000, "b knows arm-1");
+      const topic = twinTopic("f1");
+      await eventually(
+        () => b.node.services.pubsub.getSubscribers(topic).length > 0,
+        10_000,
+        "b sees a on the topic",
+      );
+      await b.node.services.pubsub.publish(topic, new Uint8Array([0x47, 1, 200, 1, 2]));
+      await b.node.services.pubsub.publish(topic, new Uint8Array(300 * 1024).fill(7));
+      await eventually(
+        () =>
+          a.service.stats().dropped_malformed_gossip >= 1 &&
+          a.service.stats().dropped_oversized_gossip >= 1,
+        10_000,
+        "drops counted",
+      );
+      b.service.command("arm-1", { setpoints: { wireFeedMps: 0.1 } });
+      await eventually(
+        () => a.service.get("arm-1").fields["setpoints.wireFeedMps"]?.value === 0.1,
+        10_000,
+        "valid gossip still applied",
+      );
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+  },
+});
+
+Deno.test({
+  name: "a malformed sync session is counted and the next one still works",
+  ...options,
+  fn: async () => {
+    const a = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }]);
+    const b = await startGateway("gw-b", []);
+    try {
+      await connect(b, a);
+      const stream = await b.node.dialProtocol(a.node.peerId, TWIN_SYNC_PROTOCOL);
+      await lpStream(stream).write(new Uint8Array([0x09, 0x09, 0x09]));
+      await eventually(() => a.service.stats().sync_protocol_errors >= 1, 10_000, "error counted");
+      await b.service.syncWith(a.node.peerId);
+      equal(b.service.list().length, 1);
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+  },
+});
+
+Deno.test({
+  name: "a restarted gateway loads its twins from the SQLite file",
+  ...options,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "twin_service_" });
+    const dbPath = `${dir}/gateway.db`;
+    try {
+      const first = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }], { dbPath });
+      for (let i = 0; i < 20; i++) {
+        first.service.writeMeasured("arm-1", {
+          joints: [i / 100, 0, 0, 0, 0, 0],
+          counters: { runtimeMs: 40 },
+        });
+        await first.service.flushNow();
+      }
+      first.service.command("arm-1", { modes: { add: ["auto", "hold"] } });
+      const before = first.service.get("arm-1");
+      await first.stop();
+
+      const second = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }], { dbPath });
+      try {
+        deepStrictEqual(second.service.get("arm-1"), before);
+        equal(second.service.get("arm-1").fields.runtimeMs?.value, 800);
+      } finally {
+        await second.stop();
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

@@ -1,0 +1,211 @@
+import { deepStrictEqual, equal, ok, rejects } from "node:assert/strict";
+import { lpStream, streamPair } from "@libp2p/utils";
+import {
+  chunkSyncMessage,
+  decodeGossip,
+  decodeSyncFrame,
+  encodeGossip,
+  encodeSyncFrame,
+  MAX_SYNC_FRAME_BYTES,
+  SYNC_CHUNK_BYTES,
+  TwinCodecError,
+} from "../protocols/twin_codec.ts";
+import { runTwinSyncSession, TwinSyncSession } from "../protocols/twin_sync.ts";
+import { makeReplica, syncInMemory } from "./twin_test_util.ts";
+
+function divergedPair() {
+  const a = makeReplica("gw-a");
+  const b = makeReplica("gw-b");
+  a.create("arm-1", "welding-arm");
+  b.create("arm-2", "welding-arm");
+  a.write("arm-1", [{ op: "set", field: "setpoints.weldCurrentA", value: 150 }], "any");
+  b.write("arm-2", [{ op: "add", field: "modes", element: "auto" }], "any");
+  for (let i = 0; i < 50; i++) {
+    a.write("arm-1", [{ op: "increment", field: "weldCount", delta: 1 }], "owner");
+    a.flush();
+  }
+  return { a, b };
+}
+
+Deno.test("a sync session over a stream pair makes both replicas equal", async () => {
+  const { a, b } = divergedPair();
+  const [outbound, inbound] = await streamPair();
+  const [sent, received] = await Promise.all([
+    runTwinSyncSession(outbound, new TwinSyncSession("initiator", a)),
+    runTwinSyncSession(inbound, new TwinSyncSession("responder", b)),
+  ]);
+  ok(sent.bytesSent > 0 && received.bytesSent > 0);
+  equal(sent.bytesSent, received.bytesReceived);
+  for (const id of ["arm-1", "arm-2"]) {
+    deepStrictEqual(a.doc(id).heads(), b.doc(id).heads());
+    deepStrictEqual(a.state(id).fields, b.state(id).fields);
+  }
+  equal(b.state("arm-1").fields.weldCount?.value, 50);
+  deepStrictEqual(a.state("arm-2").fields.modes?.value, ["auto"]);
+});
+
+Deno.test("a sync session skips twins of factories the peer does not replicate", () => {
+  const a = makeReplica("gw-a", { factory: "f1", replicate: ["f1", "f2"] });
+  const b = makeReplica("gw-b", { factory: "f2" });
+  a.create("arm-1", "welding-arm"); // factory f1: b does not replicate it
+  b.create("arm-2", "welding-arm"); // factory f2: both do
+  syncInMemory(a, b);
+  ok(!b.has("arm-1"));
+  ok(a.has("arm-2"));
+  equal(a.state("arm-2").meta.factory, "f2");
+});
+
+Deno.test("a sync message larger than a frame travels as chunks and is reassembled", async () => {
+  const a = makeReplica("gw-a");
+  const b = makeReplica("gw-b");
+  a.create("arm-1", "welding-arm");
+  // ~2 MB of history: many summaries (JSON strings) in separate changes.
+  const summary = (i: number) => ({
+    windowMs: 1_000,
+    channels: {
+      weldCurrentA: { min: i, mean: i + 0.5, max: i + 1, count: 1_000 },
+      arcVoltageV: { min: i, mean: i + 0.5, max: i + 1, count: 1_000 },
+    },
+  });
+  for (let i = 0; i < 12_000; i++) {
+    a.write("arm-1", [{ op: "set", field: "summary", value: summary(i) }], "owner");
+    if (i % 4 === 0) a.flush();
+  }
+  a.flush();
+  const [outbound, inbound] = await streamPair();
+  const initiator = new TwinSyncSession("initiator", b);
+  await Promise.all([
+    runTwinSyncSession(outbound, initiator),
+    runTwinSyncSession(inbound, new TwinSyncSession("responder", a)),
+  ]);
+  deepStrictEqual(b.doc("arm-1").heads(), a.doc("arm-1").heads());
+  deepStrictEqual(b.state("arm-1").fields.summary?.value, summary(11_999));
+  ok(initiator.stats.messagesReceived >= 1);
+});
+
+Deno.test("chunkSyncMessage() splits at the chunk size and frames decode back", () => {
+  const message = new Uint8Array(SYNC_CHUNK_BYTES * 2 + 5).map((_, i) => i % 251);
+  const frames = chunkSyncMessage("arm-1", message);
+  equal(frames.length, 3);
+  for (const frame of frames) {
+    const bytes = encodeSyncFrame(frame);
+    ok(bytes.length <= MAX_SYNC_FRAME_BYTES);
+    deepStrictEqual(decodeSyncFrame(bytes), frame);
+  }
+});
+
+Deno.test("a peer sending a malformed frame fails the session without harming the replica", async () => {
+  const { a } = divergedPair();
+  const before = a.state("arm-1");
+  const [outbound, inbound] = await streamPair();
+  const responder = runTwinSyncSession(inbound, new TwinSyncSession("responder", a));
+  const evil = lpStream(outbound);
+  await evil.write(
+    new Uint8Array([0x01, 0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+  );
+  await rejects(responder, TwinCodecError);
+  deepStrictEqual(a.state("arm-1"), before);
+});
+
+Deno.test("a peer sending an oversized frame is cut off before the frame is buffered", async () => {
+  const { a } = divergedPair();
+  const [outbound, inbound] = await streamPair();
+  const responder = runTwinSyncSession(inbound, new TwinSyncSession("responder", a));
+  const evil = lpStream(outbound);
+  // Only the length prefix is needed: the reader refuses the length itself.
+  void evil.write(new Uint8Array(MAX_SYNC_FRAME_BYTES + 1)).catch(() => {});
+  await rejects(responder, (error: Error) => {
+    ok(/too long|length/i.test(error.message), error.message);
+    return true;
+  });
+});
+
+Deno.test("a peer that sends a sync frame before hello breaks the protocol", () => {
+  const { a } = divergedPair();
+  const session = new TwinSyncSession("responder", a);
+  session.start();
+  let error: unknown;
+  try {
+    session.receive({ type: "end-round" });
+  } catch (e) {
+    error = e;
+  }
+  equal((error as Error).name, "TwinSyncProtocolError");
+});
+
+Deno.test("a peer sending a garbage Automerge message inside a valid frame fails the session", () => {
+  const { a, b } = divergedPair();
+  const initiator = new TwinSyncSession("initiator", b);
+  const responder = new TwinSyncSession("responder", a);
+  responder.start();
+  const [hello] = initiator.start();
+  responder.receive(hello!);
+  let error: unknown;
+  try {
+    responder.receive({
+      type: "sync",
+      assetId: "arm-1",
+      part: 0,
+      parts: 1,
+      bytes: new Uint8Array([1, 2, 3]),
+    });
+    responder.receive({ type: "end-round" });
+  } catch (e) {
+    error = e;
+  }
+  equal((error as Error).name, "TwinSyncMessageError");
+});
+
+Deno.test("decodeGossip() rejects malformed and oversized messages", () => {
+  const good = encodeGossip({
+    factory: "f1",
+    docs: [{ assetId: "arm-1", changes: [new Uint8Array(3)] }],
+  });
+  deepStrictEqual(decodeGossip(good).docs[0]?.assetId, "arm-1");
+  const cases: [Uint8Array, boolean][] = [
+    [good.subarray(0, good.length - 1), false],
+    [new Uint8Array([...good, 0]), false],
+    [new Uint8Array([0x47, 9]), false],
+    [encodeGossip({ factory: "bad factory!", docs: [] }), false],
+    [new Uint8Array(300 * 1024), true],
+  ];
+  for (const [bytes, oversized] of cases) {
+    let error: unknown;
+    try {
+      decodeGossip(bytes);
+    } catch (e) {
+      error = e;
+    }
+    ok(error instanceof TwinCodecError, "rejected");
+    equal(error.oversized, oversized);
+  }
+});
+
+Deno.test("gossip changes with a missing dependency are parked, then applied when it arrives", () => {
+  const a = makeReplica("gw-a");
+  const b = makeReplica("gw-b");
+  a.create("arm-1", "welding-arm");
+  const genesis = a.flush()[0]!.changes;
+  a.write("arm-1", [{ op: "set", field: "setpoints.weldCurrentA", value: 111 }], "any");
+  const second = a.flush()[0]!.changes;
+  const needsSync = b.ingestGossip({
+    factory: "f1",
+    docs: [{ assetId: "arm-1", changes: second }],
+  });
+  equal(needsSync, true, "a gap asks for a sync session");
+  equal(b.doc("arm-1").parkedChanges, 1);
+  b.ingestGossip({ factory: "f1", docs: [{ assetId: "arm-1", changes: genesis }] });
+  equal(b.doc("arm-1").parkedChanges, 0);
+  equal(b.state("arm-1").fields["setpoints.weldCurrentA"]?.value, 111);
+});
+
+Deno.test("gossip changes outside the twin layout are dropped and counted", () => {
+  const b = makeReplica("gw-b");
+  b.ingestGossip({
+    factory: "f1",
+    docs: [{ assetId: "arm-1", changes: [new Uint8Array([1, 2, 3])] }],
+  });
+  equal(b.stats.dropped_malformed, 1);
+  b.ingestGossip({ factory: "other", docs: [] });
+  equal(b.stats.dropped_unknown_factory, 1);
+});
