@@ -51,7 +51,9 @@ export async function main(args: string[]): Promise<number> {
       console.error(`twinmesh: cannot write mesh key ${path}: ${(err as Error).message}`);
       return 1;
     }
-    console.error(`twinmesh: wrote a new mesh key to ${path}; copy it to every gateway and pass --mesh-key ${path}`);
+    console.error(
+      `twinmesh: wrote a new mesh key to ${path}; copy it to every gateway and pass --mesh-key ${path}`,
+    );
     return 0;
   }
   const runArgs = first === "run" ? rest : args;
@@ -86,7 +88,10 @@ export async function main(args: string[]): Promise<number> {
     Deno.unrefTimer(hardExit);
     gateway.stop().then(stopped.resolve, stopped.resolve);
   };
-  const handlers: Array<[Deno.Signal, () => void]> = [["SIGINT", onSignal("SIGINT")], ["SIGTERM", onSignal("SIGTERM")]];
+  const handlers: Array<[Deno.Signal, () => void]> = [["SIGINT", onSignal("SIGINT")], [
+    "SIGTERM",
+    onSignal("SIGTERM"),
+  ]];
   for (const [signal, handler] of handlers) Deno.addSignalListener(signal, handler);
   await stopped.promise;
   // Signal listeners keep the event loop alive; remove them so the process can end.

@@ -95,24 +95,113 @@ interface FlagSpec {
 
 export const FLAGS: readonly FlagSpec[] = [
   { flag: "--name", field: "name", kind: "string", arg: "<name>", help: "gateway name" },
-  { flag: "--factory", field: "factory", kind: "string", arg: "<name>", help: "factory (LAN) it belongs to" },
-  { flag: "--region", field: "region", kind: "string", arg: "<name>", help: "region it belongs to" },
-  { flag: "--data-dir", field: "dataDir", kind: "string", arg: "<dir>", help: "identity, database, lock" },
-  { flag: "--listen", field: "listen", kind: "list", arg: "<multiaddr>", help: "libp2p listen address (repeatable)" },
+  {
+    flag: "--factory",
+    field: "factory",
+    kind: "string",
+    arg: "<name>",
+    help: "factory (LAN) it belongs to",
+  },
+  {
+    flag: "--region",
+    field: "region",
+    kind: "string",
+    arg: "<name>",
+    help: "region it belongs to",
+  },
+  {
+    flag: "--data-dir",
+    field: "dataDir",
+    kind: "string",
+    arg: "<dir>",
+    help: "identity, database, lock",
+  },
+  {
+    flag: "--listen",
+    field: "listen",
+    kind: "list",
+    arg: "<multiaddr>",
+    help: "libp2p listen address (repeatable)",
+  },
   { flag: "--http", field: "http", kind: "string", arg: "<host:port>", help: "HTTP API address" },
-  { flag: "--peer", field: "peers", kind: "list", arg: "<multiaddr>", help: "configured peer (repeatable)" },
-  { flag: "--mesh-key", field: "meshKeyFile", kind: "string", arg: "<file>", help: "pre-shared mesh key file" },
+  {
+    flag: "--peer",
+    field: "peers",
+    kind: "list",
+    arg: "<multiaddr>",
+    help: "configured peer (repeatable)",
+  },
+  {
+    flag: "--mesh-key",
+    field: "meshKeyFile",
+    kind: "string",
+    arg: "<file>",
+    help: "pre-shared mesh key file",
+  },
   { flag: "--no-mdns", field: "mdns", kind: "negate", help: "disable LAN discovery" },
   { flag: "--assets", field: "assets", kind: "number", arg: "<n>", help: "simulated welding arms" },
-  { flag: "--telemetry-hz", field: "telemetryHz", kind: "number", arg: "<hz>", help: "telemetry rate per arm" },
-  { flag: "--fault-rate", field: "faultRatePerS", kind: "number", arg: "<p>", help: "injected faults per arm per second" },
-  { flag: "--log-level", field: "logLevel", kind: "string", arg: "<level>", help: LOG_LEVELS.join("|") },
-  { flag: "--operator", field: "operators", kind: "list", arg: "<peerId>", help: "peer allowed to reset stops (repeatable)" },
-  { flag: "--supervisor", field: "supervisors", kind: "list", arg: "<peerId>", help: "safety supervisor (repeatable)" },
-  { flag: "--watchdog-ms", field: "watchdogMs", kind: "number", arg: "<ms>", help: "supervisor-loss time before safe state (0 = off)" },
-  { flag: "--safe-state", field: "safeState", kind: "string", arg: "stop|hold", help: "watchdog safe state" },
-  { flag: "--replicate", field: "replicate", kind: "list", arg: "<factory>", help: "also replicate this factory's twins (repeatable)" },
-  { flag: "--stop-on-anomaly", field: "stopOnAnomaly", kind: "bool", help: "raise an e-stop on detected anomalies" },
+  {
+    flag: "--telemetry-hz",
+    field: "telemetryHz",
+    kind: "number",
+    arg: "<hz>",
+    help: "telemetry rate per arm",
+  },
+  {
+    flag: "--fault-rate",
+    field: "faultRatePerS",
+    kind: "number",
+    arg: "<p>",
+    help: "injected faults per arm per second",
+  },
+  {
+    flag: "--log-level",
+    field: "logLevel",
+    kind: "string",
+    arg: "<level>",
+    help: LOG_LEVELS.join("|"),
+  },
+  {
+    flag: "--operator",
+    field: "operators",
+    kind: "list",
+    arg: "<peerId>",
+    help: "peer allowed to reset stops (repeatable)",
+  },
+  {
+    flag: "--supervisor",
+    field: "supervisors",
+    kind: "list",
+    arg: "<peerId>",
+    help: "safety supervisor (repeatable)",
+  },
+  {
+    flag: "--watchdog-ms",
+    field: "watchdogMs",
+    kind: "number",
+    arg: "<ms>",
+    help: "supervisor-loss time before safe state (0 = off)",
+  },
+  {
+    flag: "--safe-state",
+    field: "safeState",
+    kind: "string",
+    arg: "stop|hold",
+    help: "watchdog safe state",
+  },
+  {
+    flag: "--replicate",
+    field: "replicate",
+    kind: "list",
+    arg: "<factory>",
+    help: "also replicate this factory's twins (repeatable)",
+  },
+  {
+    flag: "--stop-on-anomaly",
+    field: "stopOnAnomaly",
+    kind: "bool",
+    help: "raise an e-stop on detected anomalies",
+  },
 ];
 
 /** Environment variable for a field: `dataDir` → `TWINMESH_DATA_DIR`. */
@@ -130,7 +219,10 @@ export interface ParsedArgs {
  * Builds the configuration from defaults, `--config <file>` (JSON), the
  * environment and flags, then validates it. Throws {@link ConfigError}.
  */
-export function loadConfig(args: string[], env: Record<string, string> = Deno.env.toObject()): ParsedArgs {
+export function loadConfig(
+  args: string[],
+  env: Record<string, string> = Deno.env.toObject(),
+): ParsedArgs {
   const config = defaultConfig();
   const flagValues: Partial<Record<keyof GatewayConfig, unknown>> = {};
   let configFile: string | undefined = env["TWINMESH_CONFIG"];
@@ -201,7 +293,9 @@ function readConfigFile(path: string): Partial<GatewayConfig> {
   }
   const known = new Set(Object.keys(defaultConfig()));
   for (const key of Object.keys(parsed)) {
-    if (!known.has(key)) throw new ConfigError(`${path}: ${key}`, `one of ${[...known].join(", ")}`);
+    if (!known.has(key)) {
+      throw new ConfigError(`${path}: ${key}`, `one of ${[...known].join(", ")}`);
+    }
   }
   return parsed as Partial<GatewayConfig>;
 }
@@ -215,7 +309,9 @@ function readEnv(env: Record<string, string>): Partial<GatewayConfig> {
     if (Array.isArray(fallback)) out[field] = value.split(",").map((s) => s.trim()).filter(Boolean);
     else if (typeof fallback === "number") out[field] = parseNumber(name, value);
     else if (typeof fallback === "boolean") {
-      if (!["true", "false", "1", "0"].includes(value)) throw new ConfigError(name, "true or false", value);
+      if (!["true", "false", "1", "0"].includes(value)) {
+        throw new ConfigError(name, "true or false", value);
+      }
       out[field] = value === "true" || value === "1";
     } else out[field] = value;
   }
@@ -232,7 +328,9 @@ export function validateConfig(c: GatewayConfig): void {
       throw new ConfigError(field, NAME_FORM, c[field]);
     }
   }
-  if (typeof c.dataDir !== "string" || c.dataDir === "") throw new ConfigError("dataDir", "a directory path", c.dataDir);
+  if (typeof c.dataDir !== "string" || c.dataDir === "") {
+    throw new ConfigError("dataDir", "a directory path", c.dataDir);
+  }
   checkMultiaddrs("listen", c.listen, 1);
   checkMultiaddrs("peers", c.peers, 0);
   parseHostPort(c.http);
@@ -244,21 +342,39 @@ export function validateConfig(c: GatewayConfig): void {
   checkRange("telemetryHz", c.telemetryHz, 0.1, 1000, false);
   checkRange("faultRatePerS", c.faultRatePerS, 0, 1, false);
   checkRange("watchdogMs", c.watchdogMs, 0, 3_600_000, true);
-  if (!LOG_LEVELS.includes(c.logLevel)) throw new ConfigError("logLevel", LOG_LEVELS.join(" | "), c.logLevel);
-  if (c.safeState !== "stop" && c.safeState !== "hold") throw new ConfigError("safeState", "stop | hold", c.safeState);
+  if (!LOG_LEVELS.includes(c.logLevel)) {
+    throw new ConfigError("logLevel", LOG_LEVELS.join(" | "), c.logLevel);
+  }
+  if (c.safeState !== "stop" && c.safeState !== "hold") {
+    throw new ConfigError("safeState", "stop | hold", c.safeState);
+  }
   for (const field of ["operators", "supervisors", "replicate"] as const) {
     const list = c[field];
     if (!Array.isArray(list) || list.some((v) => typeof v !== "string" || v === "")) {
       throw new ConfigError(field, "a list of non-empty strings", list);
     }
   }
-  if (typeof c.stopOnAnomaly !== "boolean") throw new ConfigError("stopOnAnomaly", "true or false", c.stopOnAnomaly);
+  if (typeof c.stopOnAnomaly !== "boolean") {
+    throw new ConfigError("stopOnAnomaly", "true or false", c.stopOnAnomaly);
+  }
 }
 
-function checkRange(field: string, value: unknown, min: number, max: number, integer: boolean): void {
+function checkRange(
+  field: string,
+  value: unknown,
+  min: number,
+  max: number,
+  integer: boolean,
+): void {
   const ok = typeof value === "number" && Number.isFinite(value) && value >= min && value <= max &&
     (!integer || Number.isInteger(value));
-  if (!ok) throw new ConfigError(field, `${integer ? "an integer" : "a number"} in [${min}, ${max}]`, value);
+  if (!ok) {
+    throw new ConfigError(
+      field,
+      `${integer ? "an integer" : "a number"} in [${min}, ${max}]`,
+      value,
+    );
+  }
 }
 
 function checkMultiaddrs(field: string, list: unknown, minCount: number): void {
@@ -270,14 +386,20 @@ function checkMultiaddrs(field: string, list: unknown, minCount: number): void {
       const ma = multiaddr(String(item));
       if (!ma.toString().includes("/tcp/")) throw new Error("no /tcp/ part");
     } catch (err) {
-      throw new ConfigError(field, `a TCP multiaddr like /ip4/10.0.0.2/tcp/4001 (${(err as Error).message})`, item);
+      throw new ConfigError(
+        field,
+        `a TCP multiaddr like /ip4/10.0.0.2/tcp/4001 (${(err as Error).message})`,
+        item,
+      );
     }
   }
 }
 
 /** Splits `host:port` (IPv6 as `[::1]:8080`); throws {@link ConfigError}. */
 export function parseHostPort(text: unknown): { hostname: string; port: number } {
-  const match = typeof text === "string" ? /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(text) : null;
+  const match = typeof text === "string"
+    ? /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(text)
+    : null;
   const port = match ? Number(match[2]) : NaN;
   if (!match || port > 65535) throw new ConfigError("http", "host:port like 127.0.0.1:8080", text);
   return { hostname: match[1]!.replace(/^\[|\]$/g, ""), port };

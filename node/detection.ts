@@ -6,8 +6,8 @@
  * the factory's gateways, signed with the gateway key.
  */
 import {
-  AdoptionLedger,
   adoptDetectorModel,
+  AdoptionLedger,
   type AnomalyEvent,
   AssetDetector,
   exportDetectorModel,
@@ -57,9 +57,19 @@ export class Detection {
   readonly #c: DetectionComponents;
   #drainTimer?: ReturnType<typeof setInterval>;
   #shareTimer?: ReturnType<typeof setInterval>;
-  readonly stats = { anomaliesLocal: 0, anomaliesRemote: 0, modelsShared: 0, modelsAdopted: 0, modelsRefused: 0 };
+  readonly stats = {
+    anomaliesLocal: 0,
+    anomaliesRemote: 0,
+    modelsShared: 0,
+    modelsAdopted: 0,
+    modelsRefused: 0,
+  };
 
-  constructor(assetIds: string[], readonly stopOnAnomaly: boolean, components: DetectionComponents) {
+  constructor(
+    assetIds: string[],
+    readonly stopOnAnomaly: boolean,
+    components: DetectionComponents,
+  ) {
     this.#c = components;
     for (const assetId of assetIds) {
       this.#detectors.set(
@@ -115,7 +125,9 @@ export class Detection {
     let view: AnomalyView;
     try {
       view = JSON.parse(new TextDecoder().decode(bytes));
-      if (typeof view.assetId !== "string" || typeof view.score !== "number") throw new Error("missing fields");
+      if (typeof view.assetId !== "string" || typeof view.score !== "number") {
+        throw new Error("missing fields");
+      }
     } catch (err) {
       this.#c.logger.debug("dropped malformed anomaly message", { from, error: err });
       return;
@@ -142,7 +154,10 @@ export class Detection {
     }
     for (const detector of this.#detectors.values()) {
       try {
-        await adoptDetectorModel(detector, bytes, this.#c.verify, { mode: "merge", ledger: this.#ledger });
+        await adoptDetectorModel(detector, bytes, this.#c.verify, {
+          mode: "merge",
+          ledger: this.#ledger,
+        });
         this.stats.modelsAdopted++;
       } catch (err) {
         this.stats.modelsRefused++;
@@ -168,13 +183,20 @@ export class Detection {
       stopRaised: event.stop,
     };
     this.#remember(view);
-    this.#c.logger.info("anomaly", { asset: view.assetId, channel: view.channel, kind: view.kind, score: view.score });
+    this.#c.logger.info("anomaly", {
+      asset: view.assetId,
+      channel: view.channel,
+      kind: view.kind,
+      score: view.score,
+    });
     this.#c.publish("anomalies", new TextEncoder().encode(JSON.stringify(view)));
     if (event.stop) this.#c.raiseStop(view);
   }
 
   #remember(view: AnomalyView): void {
     this.#recent.push(view);
-    if (this.#recent.length > MAX_RECENT_ANOMALIES) this.#recent.splice(0, this.#recent.length - MAX_RECENT_ANOMALIES);
+    if (this.#recent.length > MAX_RECENT_ANOMALIES) {
+      this.#recent.splice(0, this.#recent.length - MAX_RECENT_ANOMALIES);
+    }
   }
 }

@@ -33,7 +33,9 @@ export class AssetDirectory {
     }
     const out = [this.self.peerId];
     for (const [peerId, identity] of this.mesh.knownGateways()) {
-      if (target.kind === "all" || identity.factory === (target.id ?? this.self.factory)) out.push(peerId);
+      if (target.kind === "all" || identity.factory === (target.id ?? this.self.factory)) {
+        out.push(peerId);
+      }
     }
     return out;
   }

@@ -112,6 +112,12 @@ export interface EstopComponents extends EstopDirectory {
   /** The gateway's identity key (a libp2p `PrivateKey` fits); signs stops, resets, acks. */
   privateKey: { sign(data: Uint8Array): Uint8Array | Promise<Uint8Array> };
   logger: EstopLogger;
+  /**
+   * Gateways to keep e-stop links with (peer IDs). Default: the factory's
+   * gateways plus `regionPeers` and `supervisors`; a gateway passes every
+   * known mesh member so that stops across regions have a link ready.
+   */
+  linkPeers?(): string[];
   /** The adapter's stop. Called synchronously, before the latch is persisted or acked. */
   stopAssets(assetIds: string[], reason: string): void;
   /** The adapter's hold (watchdog `safeState: "hold"`); without it the watchdog stops. */
@@ -683,7 +689,7 @@ class DefaultEstopService implements EstopService {
 
   #wantedPeers(): Set<string> {
     const peers = new Set<string>([
-      ...this.#c.gatewaysIn({ kind: "factory" }),
+      ...(this.#c.linkPeers ? this.#c.linkPeers() : this.#c.gatewaysIn({ kind: "factory" })),
       ...this.#init.regionPeers,
       ...this.#init.supervisors,
     ]);

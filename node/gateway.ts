@@ -6,7 +6,7 @@ import "./deno_compat.ts";
 import type { GatewayConfig } from "./config.ts";
 import { parseHostPort } from "./config.ts";
 import { createLogger, type Logger } from "./log.ts";
-import { openStore, type GatewayStore } from "./storage.ts";
+import { type GatewayStore, openStore } from "./storage.ts";
 import { loadOrCreateIdentity } from "./identity.ts";
 import { readMeshKey } from "./mesh_key.ts";
 import { createMeshNode, type MeshNode } from "./libp2p.ts";
@@ -22,10 +22,22 @@ import { AssetDirectory } from "./directory.ts";
 import { Detection } from "./detection.ts";
 import { HttpError } from "./http.ts";
 import { peerIdFromString } from "@libp2p/peer-id";
+import { createTwinService, type TwinService, UnknownTwinError } from "./twin_service.ts";
+import { TwinValidationError } from "../protocols/twin_model.ts";
+import { AssetCommandRefused } from "./assets/adapter.ts";
+import { MeasuredAccumulator } from "./measured.ts";
 
 /** A whole shutdown must fit in this (the operator's expectation: ~2 s). */
 export const SHUTDOWN_BUDGET_MS = 1_800;
 const HLC_META_KEY = "hlc.persistedWallMs";
+/**
+ * Measured state goes into the twin once per second per arm: joints, counter
+ * deltas and a 1 s summary. Automerge keeps every change forever, so raw
+ * telemetry never goes there and this rate bounds history growth.
+ */
+const MEASURED_WRITE_INTERVAL_MS = 1_000;
+/** E-stop's last-resort gossip path spans the whole mesh. */
+const ESTOP_TOPIC = "twinmesh/estop/1";
 
 /** A running gateway. */
 export interface Gateway {
@@ -40,6 +52,7 @@ export interface Gateway {
   readonly log: Logger;
   readonly estop: EstopService;
   readonly detection: Detection;
+  readonly twins: TwinService;
   /** Stops everything and closes storage; safe to call twice. */
   stop(): Promise<void>;
 }
@@ -112,9 +125,14 @@ async function assemble(
   try {
     await libp2p.start();
   } catch (err) {
-    throw new Error(`cannot start libp2p on ${config.listen.join(", ")} (--listen): ${(err as Error).message}`);
+    throw new Error(
+      `cannot start libp2p on ${config.listen.join(", ")} (--listen): ${(err as Error).message}`,
+    );
   }
-  const mesh = new Mesh({ self: identity, peers: config.peers }, { libp2p, logger: log.child("mesh") });
+  const mesh = new Mesh({ self: identity, peers: config.peers }, {
+    libp2p,
+    logger: log.child("mesh"),
+  });
   mesh.start();
   cleanups.unshift(["mesh", () => mesh.stop()]);
 
@@ -125,7 +143,11 @@ async function assemble(
   const assets = new Map<string, AssetAdapter>();
   const arms: SimulatedArm[] = [];
   for (let i = 0; i < config.assets; i++) {
-    const arm = new SimulatedArm({ id: `${config.name}.arm-${i}`, cell: `${config.name}.cell`, faultRatePerS: config.faultRatePerS });
+    const arm = new SimulatedArm({
+      id: `${config.name}.arm-${i}`,
+      cell: `${config.name}.cell`,
+      faultRatePerS: config.faultRatePerS,
+    });
     arms.push(arm);
     assets.set(arm.id, arm);
   }
@@ -133,6 +155,7 @@ async function assemble(
   const onTelemetry = (sample: ArmTelemetry) => {
     stats.telemetrySamples++;
     detectionSink?.(sample);
+    measured.add(sample);
   };
   for (const arm of arms) arm.onTelemetry = onTelemetry;
   const telemetryTimer = setInterval(() => {
@@ -146,21 +169,61 @@ async function assemble(
   const pubsub = libp2p.services.pubsub;
   const publish = (name: string, bytes: Uint8Array) => {
     stats.pubsubMessagesOut++;
-    pubsub.publish(topic(name), bytes).catch((err: Error) => log.debug("publish failed", { topic: name, error: err }));
+    pubsub.publish(topic(name), bytes).catch((err: Error) =>
+      log.debug("publish failed", { topic: name, error: err })
+    );
+  };
+  const publishGlobal = (fullTopic: string, bytes: Uint8Array) => {
+    stats.pubsubMessagesOut++;
+    pubsub.publish(fullTopic, bytes).catch((err: Error) =>
+      log.debug("publish failed", { topic: fullTopic, error: err })
+    );
   };
   const gossipHandlers = new Map<string, (data: Uint8Array, from: string) => void>();
   pubsub.addEventListener("message", (event) => {
     const message = event.detail;
     const handler = gossipHandlers.get(message.topic);
-    if (handler) handler(message.data, message.type === "signed" ? message.from.toString() : "unknown");
+    if (handler) {
+      handler(message.data, message.type === "signed" ? message.from.toString() : "unknown");
+    }
   });
   const subscribe = (name: string, handler: (data: Uint8Array, from: string) => void) => {
     gossipHandlers.set(topic(name), handler);
     pubsub.subscribe(topic(name));
   };
 
+  // Digital twins: Automerge documents, gossip per factory, sync on connect.
+  const twins = createTwinService({
+    replicate: [config.factory, ...config.replicate.filter((f) => f !== config.factory)],
+  }, {
+    libp2p,
+    db: store.db,
+    clock,
+    logger: log.child("twins"),
+    factory: config.factory,
+    gatewayName: config.name,
+    ownedAssets: [...assets.values()].map((a) => ({ id: a.id, kind: a.kind })),
+  });
+  await twins.start();
+  cleanups.unshift(["twins", () => twins.stop()]);
+  const measured = new MeasuredAccumulator();
+  const twinTimer = setInterval(() => {
+    for (const [assetId, update] of measured.drain()) {
+      try {
+        twins.writeMeasured(assetId, update);
+      } catch (err) {
+        log.warn("twin measured write refused", { asset: assetId, error: err });
+      }
+    }
+  }, MEASURED_WRITE_INTERVAL_MS);
+  cleanups.unshift(["twin-writer", () => clearInterval(twinTimer)]);
+
   // Emergency stop: dedicated streams; gossip only as the last-resort path.
-  const directory = new AssetDirectory({ peerId, name: config.name, factory: config.factory }, assets, mesh);
+  const directory = new AssetDirectory(
+    { peerId, name: config.name, factory: config.factory },
+    assets,
+    mesh,
+  );
   const verify = (signer: string, data: Uint8Array, signature: Uint8Array) =>
     Promise.resolve(peerIdFromString(signer).publicKey?.verify(data, signature) ?? false);
   const estop = createEstopService({
@@ -177,20 +240,67 @@ async function assemble(
     ownerOf: (id) => directory.ownerOf(id),
     gatewaysIn: (target) => directory.gatewaysIn(target),
     localAssets: (target) => directory.localAssets(target),
+    linkPeers: () => [...mesh.knownGateways().keys()],
     stopAssets: (ids, reason) => {
       for (const id of ids) assets.get(id)?.stop(reason);
     },
     holdAssets: (ids, reason) => {
       for (const id of ids) assets.get(id)?.hold(reason);
     },
-    publishGossip: (frame) => publish("estop", frame),
+    publishGossip: (frame) => publishGlobal(ESTOP_TOPIC, frame),
   });
   estop.onEvent((event) => {
-    if (event.type === "released") for (const id of event.assets) assets.get(id)?.release();
+    if (event.type === "released") { for (const id of event.assets) assets.get(id)?.release(); }
   });
-  subscribe("estop", (data, from) => estop.receiveGossip(data, from));
+  // Mesh-wide (not per factory): the last-resort path must cross regions too.
+  gossipHandlers.set(ESTOP_TOPIC, (data, from) => estop.receiveGossip(data, from));
+  pubsub.subscribe(ESTOP_TOPIC);
   await estop.start();
   cleanups.unshift(["estop", () => estop.stop()]);
+
+  // Commands written anywhere in the mesh reach the owner here; the adapter
+  // applies them, and a latched stop wins over any of them.
+  twins.onCommand((assetId, command) => {
+    const asset = assets.get(assetId);
+    if (!asset) return;
+    try {
+      if (Object.keys(command.setpoints).length > 0) {
+        asset.applyCommand({ setpoints: { ...command.setpoints } });
+      }
+      if (command.modesAdded.includes("hold")) asset.applyCommand({ mode: "hold" });
+      if (command.modesRemoved.includes("hold") && !estop.isLatched(assetId) && !asset.stopped) {
+        asset.release();
+      }
+    } catch (err) {
+      const refused = err instanceof AssetCommandRefused;
+      log[refused ? "warn" : "error"]("command not applied", {
+        asset: assetId,
+        hlc: command.hlc,
+        error: err,
+      });
+    }
+  });
+  // The twin shows the latch: the owner adds/removes the "estop" mode.
+  const markTwin = (assetId: string, change: { add?: string[]; remove?: string[] }) => {
+    try {
+      twins.command(assetId, { modes: change });
+    } catch (err) {
+      log.warn("twin e-stop mode not recorded", { asset: assetId, error: err });
+    }
+  };
+  estop.onEvent((event) => {
+    if (event.type === "latched") {
+      for (const id of event.record.assets ?? []) markTwin(id, { add: ["estop"] });
+    }
+    if (event.type === "released") {
+      for (const id of event.assets) markTwin(id, { remove: ["estop"] });
+    }
+    if (event.type === "watchdog-tripped") {
+      for (const id of event.assets) {
+        markTwin(id, { add: [event.safeState === "hold" ? "hold" : "estop"] });
+      }
+    }
+  });
 
   // Edge anomaly detection.
   const detection = new Detection([...assets.keys()], config.stopOnAnomaly, {
@@ -201,8 +311,13 @@ async function assemble(
     verify,
     publish,
     raiseStop: (anomaly) => {
-      estop.issueStop({ target: { kind: "asset", id: anomaly.assetId }, reason: `anomaly ${anomaly.kind} on ${anomaly.channel}` })
-        .catch((err) => log.error("stop on anomaly failed", { asset: anomaly.assetId, error: err }));
+      estop.issueStop({
+        target: { kind: "asset", id: anomaly.assetId },
+        reason: `anomaly ${anomaly.kind} on ${anomaly.channel}`,
+      })
+        .catch((err) =>
+          log.error("stop on anomaly failed", { asset: anomaly.assetId, error: err })
+        );
     },
   });
   subscribe("anomalies", (data, from) => detection.receiveAnomaly(data, from));
@@ -221,28 +336,47 @@ async function assemble(
   metrics.addStats("mesh", () => ({ ...mesh.stats }));
   metrics.addStats("estop", () => estop.stats());
   metrics.addStats("detect", () => detection.counters());
+  metrics.addStats("twins", () => ({ ...twins.stats() }));
 
   const router = new Router();
   const uptimeS = () => Math.round((performance.now() - startedAt) / 100) / 10;
   router.get("/", () => ({ service: "twinmesh", routes: router.paths() }));
   router.get("/health", () => ({ peerId, ...identity, uptimeS: uptimeS() }));
   router.get("/peers", () => mesh.peers());
-  router.get("/metrics", async () =>
-    new Response(await metrics.text(), { headers: { "content-type": metrics.contentType } }));
+  router.get(
+    "/metrics",
+    async () =>
+      new Response(await metrics.text(), { headers: { "content-type": metrics.contentType } }),
+  );
   router.get("/status", () => ({
     peerId,
     ...identity,
     uptimeS: uptimeS(),
     peers: mesh.peers().length,
     assets: assets.size,
+    twins: twins.list().length,
     latched: estop.status().latched.length,
     anomalies: detection.stats.anomaliesLocal,
     hlc: formatTimestamp(clock.last),
-    stats: { ...stats, estopLivePeers: estop.livePeers().length },
+    stats: {
+      ...stats,
+      estopLivePeers: estop.livePeers().length,
+      twinGossipIn: twins.stats().gossip_received ?? 0,
+      twinGossipOut: twins.stats().gossip_published ?? 0,
+    },
   }));
 
-  router.get("/assets", () =>
-    [...assets.values()].map((a) => ({ id: a.id, kind: a.kind, cell: a.cell, stopped: a.stopped, latched: estop.isLatched(a.id) })));
+  router.get(
+    "/assets",
+    () =>
+      [...assets.values()].map((a) => ({
+        id: a.id,
+        kind: a.kind,
+        cell: a.cell,
+        stopped: a.stopped,
+        latched: estop.isLatched(a.id),
+      })),
+  );
   // Simulation only: start a fault on a simulated arm (tests, demos, detector checks).
   router.post("/assets/:id/faults", async ({ params, json }) => {
     const arm = arms.find((a) => a.id === params.id);
@@ -258,16 +392,45 @@ async function assemble(
     arm.injectFault(kind, durationS);
     return { status: 202, body: { assetId: arm.id, kind, durationS } };
   });
+  router.get("/twins", () => twins.list());
+  router.get("/twins/:id", ({ params }) => twinCall(() => twins.get(params.id!)));
+  router.get(
+    "/twins/:id/history",
+    ({ params, url }) =>
+      twinCall(() => twins.history(params.id!, intParam(url, "limit", 50, 1, 1000))),
+  );
+  router.post("/twins/:id/commands", async ({ params, json }) => {
+    const body = await json();
+    const id = params.id!;
+    // A stop wins over any concurrent command: no motion mode while latched.
+    const modes = body.modes as { add?: unknown } | undefined;
+    const wantsMotion = Array.isArray(modes?.add) &&
+      modes.add.some((m) => m === "auto" || m === "manual");
+    if (wantsMotion && estop.isLatched(id)) {
+      throw new HttpError(
+        409,
+        `${id} has a latched e-stop; reset it before commanding motion`,
+        "modes",
+      );
+    }
+    const { hlc } = twinCall(() => twins.command(id, body));
+    return { status: 202, body: { id, hlc } };
+  });
   router.get("/estop", () => estop.status());
   router.post("/estop", async ({ json }) => {
     const body = await json();
-    const issued = await estop.issueStop({ target: parseTarget(body.target), reason: stringField(body, "reason", "operator stop") });
+    const issued = await estop.issueStop({
+      target: parseTarget(body.target),
+      reason: stringField(body, "reason", "operator stop"),
+    });
     return { status: 202, body: { id: issued.id, hlc: issued.hlc } };
   });
   router.post("/estop/reset", async ({ json }) => {
     const body = await json();
     const stopIds = body.stopIds;
-    if (!Array.isArray(stopIds) || stopIds.length === 0 || stopIds.some((s) => typeof s !== "string")) {
+    if (
+      !Array.isArray(stopIds) || stopIds.length === 0 || stopIds.some((s) => typeof s !== "string")
+    ) {
       throw new HttpError(400, "stopIds: expected a non-empty list of stop ids", "stopIds");
     }
     const issued = await estop.issueReset({
@@ -307,6 +470,7 @@ async function assemble(
     log,
     estop,
     detection,
+    twins,
     stop() {
       stopping ??= (async () => {
         log.info("gateway stopping");
@@ -327,9 +491,13 @@ async function runCleanups(cleanups: Array<[string, () => unknown]>, log: Logger
     try {
       const outcome = await Promise.race([
         Promise.resolve(cleanup()).then(() => "done" as const),
-        new Promise<"timeout">((resolve) => (timer = setTimeout(() => resolve("timeout"), remainingMs))),
+        new Promise<"timeout">((
+          resolve,
+        ) => (timer = setTimeout(() => resolve("timeout"), remainingMs))),
       ]);
-      if (outcome === "timeout") log.error("shutdown step timed out", { step: name, budgetMs: Math.round(remainingMs) });
+      if (outcome === "timeout") {
+        log.error("shutdown step timed out", { step: name, budgetMs: Math.round(remainingMs) });
+      }
     } catch (err) {
       log.error("shutdown step failed", { step: name, error: err });
     } finally {
@@ -338,10 +506,25 @@ async function runCleanups(cleanups: Array<[string, () => unknown]>, log: Logger
   }
 }
 
+/** Maps twin errors to HTTP: unknown twin → 404, bad field → 400 naming it. */
+function twinCall<T>(call: () => T): T {
+  try {
+    return call();
+  } catch (err) {
+    if (err instanceof UnknownTwinError) throw new HttpError(404, err.message, "id");
+    if (err instanceof TwinValidationError) throw new HttpError(400, err.message, err.field);
+    throw err;
+  }
+}
+
 /** `{asset: id}`, `{cell: id}`, `{factory?: id}`, `"all"`, or the wire form `{kind, id}`. */
 export function parseTarget(raw: unknown): EstopTarget {
   const bad = () =>
-    new HttpError(400, 'target: expected {"asset": id}, {"cell": id}, {"factory": id?} or "all"', "target");
+    new HttpError(
+      400,
+      'target: expected {"asset": id}, {"cell": id}, {"factory": id?} or "all"',
+      "target",
+    );
   if (raw === "all") return { kind: "all" };
   if (typeof raw !== "object" || raw === null) throw bad();
   const t = raw as Record<string, unknown>;
@@ -351,13 +534,19 @@ export function parseTarget(raw: unknown): EstopTarget {
   };
   if ("kind" in t) {
     if (t.kind === "all") return { kind: "all" };
-    if (t.kind === "factory") return t.id === undefined ? { kind: "factory" } : { kind: "factory", id: id(t.id) };
+    if (t.kind === "factory") {
+      return t.id === undefined ? { kind: "factory" } : { kind: "factory", id: id(t.id) };
+    }
     if (t.kind === "asset" || t.kind === "cell") return { kind: t.kind, id: id(t.id) };
     throw bad();
   }
   if ("asset" in t) return { kind: "asset", id: id(t.asset) };
   if ("cell" in t) return { kind: "cell", id: id(t.cell) };
-  if ("factory" in t) return t.factory === null || t.factory === undefined ? { kind: "factory" } : { kind: "factory", id: id(t.factory) };
+  if ("factory" in t) {
+    return t.factory === null || t.factory === undefined
+      ? { kind: "factory" }
+      : { kind: "factory", id: id(t.factory) };
+  }
   if ("all" in t) return { kind: "all" };
   throw bad();
 }
@@ -365,17 +554,29 @@ export function parseTarget(raw: unknown): EstopTarget {
 function stringField(body: Record<string, unknown>, field: string, fallback: string): string {
   const value = body[field];
   if (value === undefined) return fallback;
-  if (typeof value !== "string" || value.length > 500) throw new HttpError(400, `${field}: expected a string of at most 500 characters`, field);
+  if (typeof value !== "string" || value.length > 500) {
+    throw new HttpError(400, `${field}: expected a string of at most 500 characters`, field);
+  }
   return value;
 }
 
 /** Integer query parameter within [min, max]; 400 otherwise. */
-export function intParam(url: URL, name: string, fallback: number, min: number, max: number): number {
+export function intParam(
+  url: URL,
+  name: string,
+  fallback: number,
+  min: number,
+  max: number,
+): number {
   const text = url.searchParams.get(name);
   if (text === null) return fallback;
   const value = Number(text);
   if (!Number.isInteger(value) || value < min || value > max) {
-    throw new HttpError(400, `${name}: expected an integer in [${min}, ${max}], got ${JSON.stringify(text)}`, name);
+    throw new HttpError(
+      400,
+      `${name}: expected an integer in [${min}, ${max}], got ${JSON.stringify(text)}`,
+      name,
+    );
   }
   return value;
 }

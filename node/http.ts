@@ -85,14 +85,20 @@ export class Router {
         return errorResponse(new HttpError(500, "internal error"));
       }
     }
-    if (pathMatched) return errorResponse(new HttpError(405, `method ${request.method} not allowed on ${url.pathname}`));
+    if (pathMatched) {
+      return errorResponse(
+        new HttpError(405, `method ${request.method} not allowed on ${url.pathname}`),
+      );
+    }
     return errorResponse(new HttpError(404, `no route ${url.pathname}`));
   }
 }
 
 async function readJson(request: Request): Promise<Record<string, unknown>> {
   const declared = Number(request.headers.get("content-length") ?? "0");
-  if (declared > MAX_BODY_BYTES) throw new HttpError(413, `body larger than ${MAX_BODY_BYTES} bytes`);
+  if (declared > MAX_BODY_BYTES) {
+    throw new HttpError(413, `body larger than ${MAX_BODY_BYTES} bytes`);
+  }
   const reader = request.body?.getReader();
   const chunks: Uint8Array[] = [];
   let size = 0;
@@ -134,7 +140,10 @@ function concat(chunks: Uint8Array[], size: number): Uint8Array {
 
 function toResponse(result: RouteResult): Response {
   if (result instanceof Response) return result;
-  if (result && typeof result === "object" && "body" in result && Object.keys(result).every((k) => k === "body" || k === "status")) {
+  if (
+    result && typeof result === "object" && "body" in result &&
+    Object.keys(result).every((k) => k === "body" || k === "status")
+  ) {
     const { status, body } = result as { status?: number; body: unknown };
     return jsonResponse(body, status ?? 200);
   }
@@ -149,7 +158,10 @@ export function jsonResponse(body: unknown, status = 200): Response {
 }
 
 function errorResponse(err: HttpError): Response {
-  return jsonResponse({ error: err.message, ...(err.field ? { field: err.field } : {}) }, err.status);
+  return jsonResponse(
+    { error: err.message, ...(err.field ? { field: err.field } : {}) },
+    err.status,
+  );
 }
 
 export interface HttpServerHandle {
@@ -178,9 +190,17 @@ export function serveHttp(
     }, (request) => router.handle(request, log));
   } catch (err) {
     if (err instanceof Deno.errors.AddrInUse) {
-      throw new HttpError(0, `HTTP address ${options.hostname}:${options.port} is already in use (--http)`);
+      throw new HttpError(
+        0,
+        `HTTP address ${options.hostname}:${options.port} is already in use (--http)`,
+      );
     }
-    throw new HttpError(0, `cannot serve HTTP on ${options.hostname}:${options.port} (--http): ${(err as Error).message}`);
+    throw new HttpError(
+      0,
+      `cannot serve HTTP on ${options.hostname}:${options.port} (--http): ${
+        (err as Error).message
+      }`,
+    );
   }
   const port = server.addr.port;
   return {

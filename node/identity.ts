@@ -14,7 +14,9 @@ export class IdentityError extends Error {
 }
 
 /** Loads the key from `dataDir`, creating it (mode 0600) on first start. */
-export async function loadOrCreateIdentity(dataDir: string): Promise<{ key: PrivateKey; created: boolean }> {
+export async function loadOrCreateIdentity(
+  dataDir: string,
+): Promise<{ key: PrivateKey; created: boolean }> {
   const path = join(dataDir, IDENTITY_FILE);
   let bytes: Uint8Array | undefined;
   try {

@@ -7,9 +7,9 @@ import { createLibp2p, type Libp2p } from "libp2p";
 import { tcp } from "@libp2p/tcp";
 import { noise } from "@chainsafe/libp2p-noise";
 import { yamux } from "@chainsafe/libp2p-yamux";
-import { identify, type Identify } from "@libp2p/identify";
-import { ping, type Ping } from "@libp2p/ping";
-import { gossipsub, type GossipSub } from "@libp2p/gossipsub";
+import { type Identify, identify } from "@libp2p/identify";
+import { type Ping, ping } from "@libp2p/ping";
+import { type GossipSub, gossipsub } from "@libp2p/gossipsub";
 import { mdns } from "@libp2p/mdns";
 import { preSharedKey } from "@libp2p/pnet";
 import { prometheusMetrics } from "@libp2p/prometheus-metrics";
@@ -29,9 +29,10 @@ export type MeshNode = Libp2p<MeshServices>;
 /**
  * mDNS query interval. Discovery mostly happens through the query each node
  * sends at start and the answers to it; the periodic query catches packets
- * lost on a busy LAN.
+ * lost on a busy LAN (several gateways answering one query at once); one small
+ * multicast query per second per gateway is negligible on a factory LAN.
  */
-export const MDNS_INTERVAL_MS = 5_000;
+export const MDNS_INTERVAL_MS = 1_000;
 /** Connections kept at most: a factory has tens of gateways, plus region peers. */
 export const MAX_CONNECTIONS = 300;
 /** Inbound connection attempts accepted per second per remote host. */
@@ -62,10 +63,15 @@ export function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     ...(init.meshKey ? { connectionProtector: preSharedKey({ psk: init.meshKey }) } : {}),
-    peerDiscovery: init.mdns ? [mdns({ interval: MDNS_INTERVAL_MS, serviceTag: mdnsServiceTag(init.factory) })] : [],
+    peerDiscovery: init.mdns
+      ? [mdns({ interval: MDNS_INTERVAL_MS, serviceTag: mdnsServiceTag(init.factory) })]
+      : [],
     // The default inbound threshold (5 connections per second per host) refuses
     // a restarted factory or a local mesh whose gateways all share one address.
-    connectionManager: { maxConnections: MAX_CONNECTIONS, inboundConnectionThreshold: INBOUND_CONNECTIONS_PER_S },
+    connectionManager: {
+      maxConnections: MAX_CONNECTIONS,
+      inboundConnectionThreshold: INBOUND_CONNECTIONS_PER_S,
+    },
     ...(init.registry
       ? { metrics: prometheusMetrics({ registry: init.registry, collectDefaultMetrics: false }) }
       : {}),

@@ -54,13 +54,24 @@ export function createLogger(init: LoggerInit = {}): Logger {
     const emit = (level: LogLevel, message: string, fields?: LogFields) => {
       if (LEVEL_RANK[level] < minRank) return;
       const time = new Date().toISOString();
+      // Services log the remote side as `peer`; this gateway's own id keeps that key.
+      if (fields && "peer" in fields) {
+        const { peer: remote, ...rest } = fields;
+        fields = { remote, ...rest };
+      }
       if (format === "json") {
-        write(JSON.stringify({ time, level, component, peer: base.peer, message, ...fields }, jsonSafe));
+        write(
+          JSON.stringify({ time, level, component, peer: base.peer, message, ...fields }, jsonSafe),
+        );
       } else {
         const extra = fields && Object.keys(fields).length > 0
           ? " " + Object.entries(fields).map(([k, v]) => `${k}=${formatValue(v)}`).join(" ")
           : "";
-        write(`${time.slice(11, 23)} ${level.toUpperCase().padEnd(5)} [${component}] ${message}${extra}`);
+        write(
+          `${time.slice(11, 23)} ${
+            level.toUpperCase().padEnd(5)
+          } [${component}] ${message}${extra}`,
+        );
       }
     };
     return {

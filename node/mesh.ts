@@ -13,7 +13,7 @@
  */
 import type { PeerId } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
-import { multiaddr, type Multiaddr } from "@multiformats/multiaddr";
+import { type Multiaddr, multiaddr } from "@multiformats/multiaddr";
 import type { MeshNode } from "./libp2p.ts";
 import { TWINMESH_VERSION } from "./libp2p.ts";
 import type { Logger } from "./log.ts";
@@ -112,7 +112,12 @@ export class Mesh {
     this.#log = components.logger;
     this.#configured = init.peers.map((text) => {
       const address = multiaddr(text);
-      return { address, peerId: address.getComponents().find((c) => c.name === "p2p")?.value, attempt: 0, dialing: false };
+      return {
+        address,
+        peerId: address.getComponents().find((c) => c.name === "p2p")?.value,
+        attempt: 0,
+        dialing: false,
+      };
     });
   }
 
@@ -126,7 +131,10 @@ export class Mesh {
       if (this.#libp2p.getConnections(id).length > 0) return;
       this.#libp2p.dial(id, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) }).catch((err) => {
         this.stats.dialFailures++;
-        this.#log.warn("dial after mDNS discovery failed", { remote: id.toString(), error: describeDialError(err) });
+        this.#log.warn("dial after mDNS discovery failed", {
+          remote: id.toString(),
+          error: describeDialError(err),
+        });
       });
     });
     this.#on("peer:identify", (event) => {
@@ -134,7 +142,10 @@ export class Mesh {
       const identity = parseAgent(result.agentVersion);
       const id = result.peerId.toString();
       if (!identity) {
-        this.#log.debug("connected peer is not a twinmesh gateway", { remote: id, agent: result.agentVersion });
+        this.#log.debug("connected peer is not a twinmesh gateway", {
+          remote: id,
+          agent: result.agentVersion,
+        });
         return;
       }
       const entry = this.#entry(id);
@@ -149,7 +160,9 @@ export class Mesh {
     this.#on("peer:disconnect", (event) => {
       const id = (event as CustomEvent<PeerId>).detail.toString();
       const entry = this.#known.get(id);
-      if (entry?.identity) this.#log.info("gateway left", { remote: id, name: entry.identity.name });
+      if (entry?.identity) {
+        this.#log.info("gateway left", { remote: id, name: entry.identity.name });
+      }
       if (entry) entry.rttMs = null;
       for (const peer of this.#configured) {
         if (peer.peerId === id) {
@@ -166,7 +179,9 @@ export class Mesh {
     this.#running = false;
     clearInterval(this.#pingTimer);
     for (const peer of this.#configured) clearTimeout(peer.timer);
-    for (const [type, listener] of this.#listeners) this.#libp2p.removeEventListener(type as "peer:connect", listener);
+    for (const [type, listener] of this.#listeners) {
+      this.#libp2p.removeEventListener(type as "peer:connect", listener);
+    }
     this.#listeners = [];
   }
 
@@ -177,7 +192,12 @@ export class Mesh {
       const id = peerId.toString();
       const entry = this.#known.get(id);
       if (!entry?.identity) continue;
-      out.push({ peerId: id, ...entry.identity, via: entry.via ?? "configured", rttMs: entry.rttMs });
+      out.push({
+        peerId: id,
+        ...entry.identity,
+        via: entry.via ?? "configured",
+        rttMs: entry.rttMs,
+      });
     }
     return out.sort((a, b) => a.name.localeCompare(b.name));
   }
@@ -228,13 +248,18 @@ export class Mesh {
     }
     peer.dialing = true;
     try {
-      const connection = await this.#libp2p.dial(peer.address, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) });
+      const connection = await this.#libp2p.dial(peer.address, {
+        signal: AbortSignal.timeout(DIAL_TIMEOUT_MS),
+      });
       const id = connection.remotePeer.toString();
       if (peer.peerId === undefined) peer.peerId = id;
       this.#entry(id).via = "configured";
       if (peer.attempt > 0) this.stats.reconnects++;
       peer.attempt = 0;
-      this.#log.info("connected to configured peer", { address: peer.address.toString(), remote: id });
+      this.#log.info("connected to configured peer", {
+        address: peer.address.toString(),
+        remote: id,
+      });
     } catch (err) {
       this.stats.dialFailures++;
       const delay = Math.min(REDIAL_MAX_MS, REDIAL_MIN_MS * 2 ** peer.attempt);
@@ -261,7 +286,9 @@ export class Mesh {
       const entry = this.#known.get(peerId.toString());
       if (!entry?.identity) return;
       try {
-        entry.rttMs = await this.#libp2p.services.ping.ping(peerId, { signal: AbortSignal.timeout(PING_TIMEOUT_MS) });
+        entry.rttMs = await this.#libp2p.services.ping.ping(peerId, {
+          signal: AbortSignal.timeout(PING_TIMEOUT_MS),
+        });
       } catch {
         entry.rttMs = null;
       }
@@ -275,7 +302,11 @@ export class Mesh {
  */
 export function describeDialError(err: unknown): string {
   const message = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
-  if (/decrypt|encryption|handshake|noise|psk|nonce|invalid.*(length|message)|unexpected end/i.test(message)) {
+  if (
+    /decrypt|encryption|handshake|noise|psk|nonce|invalid.*(length|message)|unexpected end/i.test(
+      message,
+    )
+  ) {
     return `${message} (mesh key mismatch, or not a twinmesh gateway)`;
   }
   return message;

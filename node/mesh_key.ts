@@ -27,6 +27,12 @@ export function readMeshKey(path: string): Uint8Array {
 
 /** Creates a new random key file (mode 0600); refuses to overwrite. */
 export function writeNewMeshKey(path: string): void {
-  const hex = Array.from(crypto.getRandomValues(new Uint8Array(32)), (b) => b.toString(16).padStart(2, "0")).join("");
-  Deno.writeTextFileSync(path, `/key/swarm/psk/1.0.0/\n/base16/\n${hex}\n`, { mode: 0o600, createNew: true });
+  const hex = Array.from(
+    crypto.getRandomValues(new Uint8Array(32)),
+    (b) => b.toString(16).padStart(2, "0"),
+  ).join("");
+  Deno.writeTextFileSync(path, `/key/swarm/psk/1.0.0/\n/base16/\n${hex}\n`, {
+    mode: 0o600,
+    createNew: true,
+  });
 }

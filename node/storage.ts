@@ -47,7 +47,9 @@ export function openStore(dataDir: string): GatewayStore {
     // FULL: a commit is on disk before we ack it (e-stop latches, twin writes).
     db.exec("PRAGMA synchronous = FULL");
     // Taking a write lock now makes exclusive mode hold it from here on.
-    db.exec("BEGIN EXCLUSIVE; CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); COMMIT");
+    db.exec(
+      "BEGIN EXCLUSIVE; CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); COMMIT",
+    );
   } catch (err) {
     db.close();
     const message = (err as Error).message;
@@ -62,7 +64,9 @@ export function openStore(dataDir: string): GatewayStore {
   Deno.writeTextFileSync(join(dataDir, PID_FILE), `${Deno.pid}\n`);
 
   const get = db.prepare("SELECT value FROM meta WHERE key = ?");
-  const put = db.prepare("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value");
+  const put = db.prepare(
+    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+  );
   let closed = false;
   return {
     db,

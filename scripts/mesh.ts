@@ -73,11 +73,15 @@ function parseOptions(args: string[]): Options | null {
     if (flag === "--data-dir") options.dataDir = value;
     else if (numeric[flag]) {
       const n = Number(value);
-      if (!Number.isInteger(n) || n < 0) throw new Error(`${flag}: expected a whole number, got ${value}`);
+      if (!Number.isInteger(n) || n < 0) {
+        throw new Error(`${flag}: expected a whole number, got ${value}`);
+      }
       (options[numeric[flag]] as number) = n;
     } else throw new Error(`unknown option ${flag} (see --help)`);
   }
-  if (options.factories < 1 || options.gateways < 1) throw new Error("need at least 1 factory and 1 gateway");
+  if (options.factories < 1 || options.gateways < 1) {
+    throw new Error("need at least 1 factory and 1 gateway");
+  }
   return options;
 }
 
@@ -130,7 +134,9 @@ export async function runMesh(args: string[]): Promise<number> {
   console.error(`mesh: starting ${rows.length} gateways (logs in ${options.dataDir})`);
   const ready = await Promise.allSettled(rows.map((r) => waitReady(r.gateway)));
   ready.forEach((r, i) => {
-    if (r.status === "rejected") console.error(`mesh: ${rows[i]!.gateway.spec.name}: ${(r.reason as Error).message}`);
+    if (r.status === "rejected") {
+      console.error(`mesh: ${rows[i]!.gateway.spec.name}: ${(r.reason as Error).message}`);
+    }
   });
 
   const stop = Promise.withResolvers<void>();
@@ -158,7 +164,11 @@ export async function runMesh(args: string[]): Promise<number> {
   Deno.removeSignalListener("SIGINT", onSignal);
   Deno.removeSignalListener("SIGTERM", onSignal);
   const failed = statuses.filter((s) => !s.success && s.signal === null);
-  console.error(`mesh: all ${rows.length} gateways stopped${failed.length ? ` (${failed.length} with errors)` : ""}`);
+  console.error(
+    `mesh: all ${rows.length} gateways stopped${
+      failed.length ? ` (${failed.length} with errors)` : ""
+    }`,
+  );
   return 0;
 }
 
@@ -199,8 +209,15 @@ const COLUMNS: Array<[string, number, (row: Row) => string]> = [
 
 export function renderTable(rows: Row[]): string {
   const header = COLUMNS.map(([name, width]) => name.padEnd(width)).join("  ");
-  const lines = rows.map((row) => COLUMNS.map(([, width, cell]) => cell(row).padEnd(width)).join("  "));
-  return [`twinmesh local mesh — ${new Date().toISOString().slice(11, 19)}`, header, "-".repeat(header.length), ...lines]
+  const lines = rows.map((row) =>
+    COLUMNS.map(([, width, cell]) => cell(row).padEnd(width)).join("  ")
+  );
+  return [
+    `twinmesh local mesh — ${new Date().toISOString().slice(11, 19)}`,
+    header,
+    "-".repeat(header.length),
+    ...lines,
+  ]
     .join("\n");
 }
 

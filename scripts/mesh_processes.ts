@@ -34,12 +34,18 @@ export interface GatewayProcess {
 /** The arguments `twinmesh run` gets for a spec. */
 export function gatewayArgs(spec: GatewaySpec): string[] {
   const args = [
-    "--name", spec.name,
-    "--factory", spec.factory,
-    "--region", spec.region,
-    "--data-dir", spec.dataDir,
-    "--listen", `/ip4/127.0.0.1/tcp/${spec.listenPort}`,
-    "--http", `127.0.0.1:${spec.httpPort}`,
+    "--name",
+    spec.name,
+    "--factory",
+    spec.factory,
+    "--region",
+    spec.region,
+    "--data-dir",
+    spec.dataDir,
+    "--listen",
+    `/ip4/127.0.0.1/tcp/${spec.listenPort}`,
+    "--http",
+    `127.0.0.1:${spec.httpPort}`,
   ];
   for (const peer of spec.peers ?? []) args.push("--peer", peer);
   return [...args, ...(spec.extraArgs ?? [])];
@@ -51,7 +57,16 @@ export function spawnGateway(spec: GatewaySpec): GatewayProcess {
   // The gateway writes its log straight to the file (no pipe through this
   // process), so the log is complete even if this process is busy or dies.
   const child = new Deno.Command("/bin/sh", {
-    args: ["-c", 'exec "$0" "$@" 2>>"$TWINMESH_LOG_FILE"', Deno.execPath(), "run", "--allow-all", MOD_TS, "run", ...gatewayArgs(spec)],
+    args: [
+      "-c",
+      'exec "$0" "$@" 2>>"$TWINMESH_LOG_FILE"',
+      Deno.execPath(),
+      "run",
+      "--allow-all",
+      MOD_TS,
+      "run",
+      ...gatewayArgs(spec),
+    ],
     cwd: REPO_ROOT,
     stdin: "null",
     stdout: "null",
@@ -63,7 +78,10 @@ export function spawnGateway(spec: GatewaySpec): GatewayProcess {
 }
 
 /** Waits until `GET /health` answers; throws with the log tail on timeout or early exit. */
-export async function waitReady(gateway: GatewayProcess, timeoutMs = READY_TIMEOUT_MS): Promise<void> {
+export async function waitReady(
+  gateway: GatewayProcess,
+  timeoutMs = READY_TIMEOUT_MS,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let exited = false;
   gateway.status.then(() => (exited = true));
@@ -77,12 +95,17 @@ export async function waitReady(gateway: GatewayProcess, timeoutMs = READY_TIMEO
     await delay(50);
   }
   throw new Error(
-    `gateway ${gateway.spec.name} ${exited ? "exited" : "not ready"} after ${timeoutMs} ms; log:\n${tail(gateway.spec.logFile)}`,
+    `gateway ${gateway.spec.name} ${exited ? "exited" : "not ready"} after ${timeoutMs} ms; log:\n${
+      tail(gateway.spec.logFile)
+    }`,
   );
 }
 
 /** SIGTERM, then SIGKILL after `graceMs`; resolves with the exit status. */
-export async function stopGateway(gateway: GatewayProcess, graceMs = 3_000): Promise<Deno.CommandStatus> {
+export async function stopGateway(
+  gateway: GatewayProcess,
+  graceMs = 3_000,
+): Promise<Deno.CommandStatus> {
   try {
     gateway.child.kill("SIGTERM");
   } catch { /* already gone */ }
@@ -97,7 +120,10 @@ export async function stopGateway(gateway: GatewayProcess, graceMs = 3_000): Pro
 }
 
 /** GET a JSON document from a gateway. */
-export async function getJson<T = unknown>(gateway: GatewayProcess | string, path: string): Promise<T> {
+export async function getJson<T = unknown>(
+  gateway: GatewayProcess | string,
+  path: string,
+): Promise<T> {
   const base = typeof gateway === "string" ? gateway : gateway.http;
   const response = await fetch(`${base}${path}`, { signal: AbortSignal.timeout(5_000) });
   const body = await response.json();

@@ -1,16 +1,31 @@
 /** Foundation + detection + e-stop over the HTTP API of real gateway processes. */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { eventually, startGateway, stopGateway, tempDir, uniqueFactory } from "./gateway_test_util.ts";
+import {
+  eventually,
+  startGateway,
+  stopGateway,
+  tempDir,
+  uniqueFactory,
+} from "./gateway_test_util.ts";
 import { getJson, postJson } from "../scripts/mesh_processes.ts";
 
-async function raw(base: string, path: string, init?: RequestInit): Promise<{ status: number; body: Record<string, unknown> }> {
+async function raw(
+  base: string,
+  path: string,
+  init?: RequestInit,
+): Promise<{ status: number; body: Record<string, unknown> }> {
   const response = await fetch(`${base}${path}`, init);
   const text = await response.text();
   return { status: response.status, body: JSON.parse(text) };
 }
 
 Deno.test("the HTTP API answers and malformed requests get 4xx with a JSON error", async () => {
-  const gateway = await startGateway({ name: "api", factory: uniqueFactory("api"), dir: tempDir("api"), extraArgs: ["--no-mdns"] });
+  const gateway = await startGateway({
+    name: "api",
+    factory: uniqueFactory("api"),
+    dir: tempDir("api"),
+    extraArgs: ["--no-mdns"],
+  });
   const base = gateway.http;
   try {
     const health = await getJson<Record<string, unknown>>(gateway, "/health");
@@ -30,8 +45,16 @@ Deno.test("the HTTP API answers and malformed requests get 4xx with a JSON error
       ["/estop/reset", { method: "POST", body: JSON.stringify({ stopIds: [] }) }, 400],
       ["/estop", { method: "POST", body: "x".repeat(70_000) }, 413],
       ["/anomalies?limit=abc", undefined, 400],
-      ["/assets/none/faults", { method: "POST", body: JSON.stringify({ kind: "current-spike" }) }, 404],
-      ["/assets/api.arm-0/faults", { method: "POST", body: JSON.stringify({ kind: "meteor" }) }, 400],
+      [
+        "/assets/none/faults",
+        { method: "POST", body: JSON.stringify({ kind: "current-spike" }) },
+        404,
+      ],
+      [
+        "/assets/api.arm-0/faults",
+        { method: "POST", body: JSON.stringify({ kind: "meteor" }) },
+        400,
+      ],
     ];
     for (const [path, init, status] of cases) {
       const response = await raw(base, path, init);
@@ -55,13 +78,27 @@ Deno.test("a simulated arm with an injected fault raises an anomaly event visibl
   try {
     // Let the detectors warm up on normal telemetry first.
     await new Promise((r) => setTimeout(r, 7_000));
-    assertEquals((await getJson<unknown[]>(gateway, "/anomalies?asset=det.arm-1")).length, 0, "no anomaly before the fault");
-    const injected = await postJson(gateway, "/assets/det.arm-1/faults", { kind: "current-spike", durationS: 2 });
+    assertEquals(
+      (await getJson<unknown[]>(gateway, "/anomalies?asset=det.arm-1")).length,
+      0,
+      "no anomaly before the fault",
+    );
+    const injected = await postJson(gateway, "/assets/det.arm-1/faults", {
+      kind: "current-spike",
+      durationS: 2,
+    });
     assertEquals(injected.status, 202);
-    const seen = await eventually(async () => {
-      const events = await getJson<Array<{ assetId: string; channel: string; hlc: string }>>(gateway, "/anomalies?asset=det.arm-1");
-      return events.some((e) => e.channel === "current" && e.hlc.length > 0);
-    }, 5_000, 200);
+    const seen = await eventually(
+      async () => {
+        const events = await getJson<Array<{ assetId: string; channel: string; hlc: string }>>(
+          gateway,
+          "/anomalies?asset=det.arm-1",
+        );
+        return events.some((e) => e.channel === "current" && e.hlc.length > 0);
+      },
+      5_000,
+      200,
+    );
     assert(seen, "no anomaly on det.arm-1/current after the injected spike");
   } finally {
     await stopGateway(gateway);

@@ -15,7 +15,10 @@ Deno.test("an unknown flag exits non-zero and names the flag", async () => {
 
 Deno.test("a bad multiaddr exits non-zero and names the field", async () => {
   await expectFailure(["--peer", "not-a-multiaddr"], /config: peers: expected a TCP multiaddr/);
-  await expectFailure(["--listen", "/ip4/127.0.0.1/udp/4001"], /config: listen: expected a TCP multiaddr/);
+  await expectFailure(
+    ["--listen", "/ip4/127.0.0.1/udp/4001"],
+    /config: listen: expected a TCP multiaddr/,
+  );
 });
 
 Deno.test("an HTTP port in use exits non-zero and names the address", async () => {
@@ -24,7 +27,15 @@ Deno.test("an HTTP port in use exits non-zero and names the address", async () =
   try {
     const dir = tempDir("port");
     await expectFailure(
-      ["--data-dir", dir, "--http", `127.0.0.1:${port}`, "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"],
+      [
+        "--data-dir",
+        dir,
+        "--http",
+        `127.0.0.1:${port}`,
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--no-mdns",
+      ],
       new RegExp(`127\\.0\\.0\\.1:${port} is already in use \\(--http\\)`),
     );
   } finally {
@@ -37,7 +48,15 @@ Deno.test("a libp2p listen port in use exits non-zero and names --listen", async
   const port = (listener.addr as Deno.NetAddr).port;
   try {
     await expectFailure(
-      ["--data-dir", tempDir("listen"), "--http", "127.0.0.1:0", "--listen", `/ip4/127.0.0.1/tcp/${port}`, "--no-mdns"],
+      [
+        "--data-dir",
+        tempDir("listen"),
+        "--http",
+        "127.0.0.1:0",
+        "--listen",
+        `/ip4/127.0.0.1/tcp/${port}`,
+        "--no-mdns",
+      ],
       /cannot start libp2p on .* \(--listen\)/,
     );
   } finally {
@@ -46,16 +65,35 @@ Deno.test("a libp2p listen port in use exits non-zero and names --listen", async
 });
 
 Deno.test("an unreadable or malformed mesh key file exits non-zero and names meshKeyFile", async () => {
-  await expectFailure(["--mesh-key", "/nonexistent/mesh.key"], /config: meshKeyFile: expected a readable key file/);
+  await expectFailure(
+    ["--mesh-key", "/nonexistent/mesh.key"],
+    /config: meshKeyFile: expected a readable key file/,
+  );
   const bad = `${tempDir("badkey")}/bad.key`;
   Deno.writeTextFileSync(bad, "not a key");
-  await expectFailure(["--mesh-key", bad, "--data-dir", tempDir("badkey2")], /meshKeyFile: expected a libp2p pnet key/);
+  await expectFailure(
+    ["--mesh-key", bad, "--data-dir", tempDir("badkey2")],
+    /meshKeyFile: expected a libp2p pnet key/,
+  );
 });
 
 Deno.test("--help lists every flag with its default and exits 0", async () => {
   const result = await runCli(["--help"]);
   assert(result.code === 0);
-  for (const flag of ["--name", "--factory", "--region", "--data-dir", "--listen", "--http", "--peer", "--mesh-key", "--no-mdns", "--assets"]) {
+  for (
+    const flag of [
+      "--name",
+      "--factory",
+      "--region",
+      "--data-dir",
+      "--listen",
+      "--http",
+      "--peer",
+      "--mesh-key",
+      "--no-mdns",
+      "--assets",
+    ]
+  ) {
     assert(result.stdout.includes(flag), `help lacks ${flag}`);
   }
   assertMatch(result.stdout, /--http <host:port>.*\[default: 127\.0\.0\.1:8080\]/);
@@ -65,7 +103,9 @@ Deno.test("loadConfig applies file < env < flag precedence and validates the res
   const dir = tempDir("cfg");
   const file = `${dir}/gw.json`;
   Deno.writeTextFileSync(file, JSON.stringify({ name: "from-file", factory: "ff", assets: 7 }));
-  const { config } = loadConfig(["--config", file, "--name", "from-flag"], { [envName("factory")]: "from-env" });
+  const { config } = loadConfig(["--config", file, "--name", "from-flag"], {
+    [envName("factory")]: "from-env",
+  });
   assert(config.name === "from-flag");
   assert(config.factory === "from-env");
   assert(config.assets === 7);
@@ -82,7 +122,12 @@ Deno.test("loadConfig rejects unknown config-file fields and bad values with the
   } catch (err) {
     assert(err instanceof ConfigError && /nmae/.test(err.message), String(err));
   }
-  for (const [args, field] of [[["--assets", "-1"], "assets"], [["--name", "bad name"], "name"], [["--http", "nope"], "http"]] as const) {
+  for (
+    const [args, field] of [[["--assets", "-1"], "assets"], [["--name", "bad name"], "name"], [[
+      "--http",
+      "nope",
+    ], "http"]] as const
+  ) {
     try {
       loadConfig([...args], {});
       assert(false, `expected ConfigError for ${args.join(" ")}`);

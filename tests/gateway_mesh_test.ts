@@ -1,7 +1,11 @@
 /**
  * Foundation, multi-process: real gateway processes, real sockets, real SQLite.
  */
-import { deepStrictEqual as assertEquals, match as assertMatch, ok as assert } from "node:assert/strict";
+import {
+  deepStrictEqual as assertEquals,
+  match as assertMatch,
+  ok as assert,
+} from "node:assert/strict";
 import {
   eventually,
   peersOf,
@@ -25,9 +29,14 @@ Deno.test("three gateways on one host find each other by mDNS and are all connec
     const started = performance.now();
     const connected = await eventually(async () => {
       const views = await Promise.all(gateways.map(peersOf));
-      return views.every((peers) => peers.length === 2 && peers.every((p) => p.via === "mdns" && p.factory === factory));
+      return views.every((peers) =>
+        peers.length === 2 && peers.every((p) => p.via === "mdns" && p.factory === factory)
+      );
     }, 5_000);
-    assert(connected, `not fully connected within 5 s (waited ${Math.round(performance.now() - started)} ms)`);
+    assert(
+      connected,
+      `not fully connected within 5 s (waited ${Math.round(performance.now() - started)} ms)`,
+    );
     const names = (await peersOf(gateways[0]!)).map((p) => p.name).sort();
     assertEquals(names, ["b", "c"]);
   } finally {
@@ -39,7 +48,13 @@ Deno.test("two regions without mDNS link through configured peers and relink aft
   const dir = tempDir("regions");
   const listenPort = 0; // chosen by spawn()
   void listenPort;
-  const east = await startGateway({ name: "east", factory: uniqueFactory("east"), region: "east", dir, extraArgs: ["--no-mdns"] });
+  const east = await startGateway({
+    name: "east",
+    factory: uniqueFactory("east"),
+    region: "east",
+    dir,
+    extraArgs: ["--no-mdns"],
+  });
   const eastAddr = `/ip4/127.0.0.1/tcp/${east.spec.listenPort}`;
   const west = await startGateway({
     name: "west",
@@ -51,10 +66,22 @@ Deno.test("two regions without mDNS link through configured peers and relink aft
   });
   let eastAgain;
   try {
-    assert(await eventually(async () => (await peersOf(west)).some((p) => p.name === "east" && p.via === "configured"), 5_000), "west never linked to east");
-    assert(await eventually(async () => (await peersOf(east)).some((p) => p.name === "west"), 5_000), "east never saw west");
+    assert(
+      await eventually(
+        async () => (await peersOf(west)).some((p) => p.name === "east" && p.via === "configured"),
+        5_000,
+      ),
+      "west never linked to east",
+    );
+    assert(
+      await eventually(async () => (await peersOf(east)).some((p) => p.name === "west"), 5_000),
+      "east never saw west",
+    );
     await stopGateway(east);
-    assert(await eventually(async () => (await peersOf(west)).length === 0, 5_000), "west did not notice east leaving");
+    assert(
+      await eventually(async () => (await peersOf(west)).length === 0, 5_000),
+      "west did not notice east leaving",
+    );
     // Same data dir and port: same identity, same address.
     eastAgain = await startGateway({
       name: "east",
@@ -64,7 +91,10 @@ Deno.test("two regions without mDNS link through configured peers and relink aft
       listenPort: east.spec.listenPort,
       extraArgs: ["--no-mdns"],
     });
-    assert(await eventually(async () => (await peersOf(west)).some((p) => p.name === "east"), 8_000), "west did not relink after restart");
+    assert(
+      await eventually(async () => (await peersOf(west)).some((p) => p.name === "east"), 8_000),
+      "west did not relink after restart",
+    );
   } finally {
     await stopAll([west, ...(eastAgain ? [eastAgain] : [])]);
   }
@@ -77,13 +107,39 @@ Deno.test("a gateway without the mesh key cannot connect to the mesh, and the mi
   assertEquals((await runCli(["mesh-key", keyFile])).code, 0);
   assertEquals((await runCli(["mesh-key", otherKeyFile])).code, 0);
   const factory = uniqueFactory("key");
-  const a = await startGateway({ name: "keyed-a", factory, dir, extraArgs: ["--mesh-key", keyFile, "--no-mdns"] });
+  const a = await startGateway({
+    name: "keyed-a",
+    factory,
+    dir,
+    extraArgs: ["--mesh-key", keyFile, "--no-mdns"],
+  });
   const addr = `/ip4/127.0.0.1/tcp/${a.spec.listenPort}`;
-  const b = await startGateway({ name: "keyed-b", factory, dir, peers: [addr], extraArgs: ["--mesh-key", keyFile, "--no-mdns"] });
-  const open = await startGateway({ name: "open", factory, dir, peers: [addr], extraArgs: ["--no-mdns"] });
-  const wrong = await startGateway({ name: "wrong", factory, dir, peers: [addr], extraArgs: ["--mesh-key", otherKeyFile, "--no-mdns"] });
+  const b = await startGateway({
+    name: "keyed-b",
+    factory,
+    dir,
+    peers: [addr],
+    extraArgs: ["--mesh-key", keyFile, "--no-mdns"],
+  });
+  const open = await startGateway({
+    name: "open",
+    factory,
+    dir,
+    peers: [addr],
+    extraArgs: ["--no-mdns"],
+  });
+  const wrong = await startGateway({
+    name: "wrong",
+    factory,
+    dir,
+    peers: [addr],
+    extraArgs: ["--mesh-key", otherKeyFile, "--no-mdns"],
+  });
   try {
-    assert(await eventually(async () => (await peersOf(b)).some((p) => p.name === "keyed-a"), 5_000), "keyed gateways did not connect");
+    assert(
+      await eventually(async () => (await peersOf(b)).some((p) => p.name === "keyed-a"), 5_000),
+      "keyed gateways did not connect",
+    );
     // Give the outsiders time for several dial attempts.
     await new Promise((r) => setTimeout(r, 2_000));
     assertEquals((await peersOf(open)).length, 0);
@@ -103,7 +159,17 @@ Deno.test("the peer ID survives a restart and a second gateway on the same data 
   const first = await startGateway({ name: "stable", factory, dir, extraArgs: ["--no-mdns"] });
   const firstId = (await getJson<{ peerId: string }>(first, "/health")).peerId;
   try {
-    const clash = await runCli(["--name", "clash", "--data-dir", first.spec.dataDir, "--http", "127.0.0.1:0", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]);
+    const clash = await runCli([
+      "--name",
+      "clash",
+      "--data-dir",
+      first.spec.dataDir,
+      "--http",
+      "127.0.0.1:0",
+      "--listen",
+      "/ip4/127.0.0.1/tcp/0",
+      "--no-mdns",
+    ]);
     assert(clash.code !== 0, "second gateway on the same data dir must fail");
     assertMatch(clash.stderr, /data dir .* is in use by another gateway/);
   } finally {
@@ -123,7 +189,10 @@ Deno.test("SIGTERM stops a connected gateway, flushing storage, within 2 s", asy
   const a = await startGateway({ name: "s1", factory, dir });
   const b = await startGateway({ name: "s2", factory, dir });
   try {
-    assert(await eventually(async () => (await peersOf(a)).length === 1, 5_000), "gateways did not connect");
+    assert(
+      await eventually(async () => (await peersOf(a)).length === 1, 5_000),
+      "gateways did not connect",
+    );
     const started = performance.now();
     a.child.kill("SIGTERM");
     const status = await a.status;

@@ -58,7 +58,11 @@ export function spawn(options: TestGatewayOptions): GatewayProcess {
 }
 
 /** Polls until `check` returns true or the time is up; returns whether it did. */
-export async function eventually(check: () => Promise<boolean> | boolean, timeoutMs: number, stepMs = 50): Promise<boolean> {
+export async function eventually(
+  check: () => Promise<boolean> | boolean,
+  timeoutMs: number,
+  stepMs = 50,
+): Promise<boolean> {
   const deadline = performance.now() + timeoutMs;
   while (performance.now() < deadline) {
     try {
@@ -74,7 +78,10 @@ export function peersOf(gateway: GatewayProcess): Promise<PeerView[]> {
 }
 
 /** Runs the CLI to completion (for config-error tests). */
-export async function runCli(args: string[], timeoutMs = 15_000): Promise<{ code: number; stderr: string; stdout: string }> {
+export async function runCli(
+  args: string[],
+  timeoutMs = 15_000,
+): Promise<{ code: number; stderr: string; stdout: string }> {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "--allow-all", new URL("../mod.ts", import.meta.url).pathname, ...args],
     stdout: "piped",
@@ -86,7 +93,11 @@ export async function runCli(args: string[], timeoutMs = 15_000): Promise<{ code
   const output = await child.output();
   clearTimeout(timer);
   const decoder = new TextDecoder();
-  return { code: output.code, stderr: decoder.decode(output.stderr), stdout: decoder.decode(output.stdout) };
+  return {
+    code: output.code,
+    stderr: decoder.decode(output.stderr),
+    stdout: decoder.decode(output.stdout),
+  };
 }
 
 export async function stopAll(gateways: GatewayProcess[]): Promise<void> {

@@ -15,10 +15,14 @@ const AMBIENT_C = 35;
 /** Thermal time constant of the torch, s. */
 const THERMAL_TAU_S = 20;
 
-/** Setpoints an operator may change, with their allowed ranges. */
+/**
+ * Setpoints this (simulated) power source accepts, with its ranges: tighter
+ * than the twin model's, as a real adapter's would be.
+ */
 export const ARM_SETPOINT_RANGES: Record<string, [number, number]> = {
-  weldCurrentA: [80, 300],
-  wireFeedMps: [1, 20],
+  weldCurrentA: [80, 350],
+  weldVoltageV: [14, 40],
+  wireFeedMps: [0.02, 0.35],
   travelSpeedMmps: [1, 50],
 };
 
@@ -64,7 +68,12 @@ export class SimulatedArm implements AssetAdapter {
   readonly kind = "welding-arm";
   readonly cell: string;
   onTelemetry: ((sample: ArmTelemetry) => void) | undefined;
-  readonly setpoints: Record<string, number> = { weldCurrentA: 180, wireFeedMps: 8, travelSpeedMmps: 10 };
+  readonly setpoints: Record<string, number> = {
+    weldCurrentA: 180,
+    weldVoltageV: 24,
+    wireFeedMps: 0.13,
+    travelSpeedMmps: 10,
+  };
   #mode: ArmMode = "auto";
   #stopped = false;
   #held = false;
@@ -101,13 +110,17 @@ export class SimulatedArm implements AssetAdapter {
         const range = ARM_SETPOINT_RANGES[name];
         if (!range) throw new AssetCommandRefused(`setpoint ${name}: unknown on a welding arm`);
         if (!(value >= range[0] && value <= range[1])) {
-          throw new AssetCommandRefused(`setpoint ${name}: expected ${range[0]}..${range[1]}, got ${value}`);
+          throw new AssetCommandRefused(
+            `setpoint ${name}: expected ${range[0]}..${range[1]}, got ${value}`,
+          );
         }
       }
     }
     if (command.mode && command.mode !== "hold" && (this.#stopped || this.#held)) {
       // A latched stop wins over any command that would move the arm again.
-      throw new AssetCommandRefused(`${this.id} is ${this.#stopped ? "stopped (e-stop latched)" : "on hold"}`);
+      throw new AssetCommandRefused(
+        `${this.id} is ${this.#stopped ? "stopped (e-stop latched)" : "on hold"}`,
+      );
     }
     if (command.setpoints) Object.assign(this.setpoints, command.setpoints);
     if (command.mode === "hold") this.#held = true;
@@ -140,7 +153,8 @@ export class SimulatedArm implements AssetAdapter {
       this.#phase += dtS * (this.setpoints.travelSpeedMmps! / 10) * 0.5;
       this.#runtimeS += dtS;
       for (let axis = 0; axis < ARM_AXES; axis++) {
-        this.#joints[axis] = 0.6 * Math.sin(this.#phase + axis * 0.9) + 0.15 * Math.sin(2.3 * this.#phase + axis) +
+        this.#joints[axis] = 0.6 * Math.sin(this.#phase + axis * 0.9) +
+          0.15 * Math.sin(2.3 * this.#phase + axis) +
           (this.#random() - 0.5) * 0.002;
       }
     }
@@ -150,7 +164,8 @@ export class SimulatedArm implements AssetAdapter {
     let current = moving ? this.setpoints.weldCurrentA! + gaussian(this.#random) * 3 : 0;
     if (moving && fault?.kind === "current-spike") current += 90 + gaussian(this.#random) * 10;
     const voltage = moving ? 18 + current * 0.035 + gaussian(this.#random) * 0.3 : 0;
-    const targetC = AMBIENT_C + (moving ? current * 0.2 : 0) + (fault?.kind === "temperature-drift" ? 25 : 0);
+    const targetC = AMBIENT_C + (moving ? current * 0.2 : 0) +
+      (fault?.kind === "temperature-drift" ? 25 : 0);
     this.#temperature += (targetC - this.#temperature) * (1 - Math.exp(-dtS / THERMAL_TAU_S));
     const temperature = this.#temperature + gaussian(this.#random) * 0.2;
 
@@ -181,7 +196,11 @@ export class SimulatedArm implements AssetAdapter {
     if (this.#random() >= this.#faultRatePerS * dtS) return;
     const kinds: FaultKind[] = ["current-spike", "temperature-drift", "joint-stuck"];
     const kind = kinds[Math.floor(this.#random() * kinds.length)]!;
-    const durationS = kind === "current-spike" ? 1 + this.#random() * 2 : kind === "temperature-drift" ? 60 : 8;
+    const durationS = kind === "current-spike"
+      ? 1 + this.#random() * 2
+      : kind === "temperature-drift"
+      ? 60
+      : 8;
     this.injectFault(kind, durationS, nowS * 1000);
   }
 }
