@@ -17,8 +17,17 @@ export interface AnomalyLikelihoodOptions {
   readonly historySize?: number;
   /** Raw scores averaged for the short-term mean (default 10). */
   readonly shortSize?: number;
-  /** Scores before which the output stays 0.5 (default 300). */
+  /** Scores before which the output stays at `warmupScore` (default 300). */
   readonly warmup?: number;
+  /** Output during the warm-up (default 0.5, "no opinion"; 0 keeps alarms quiet). */
+  readonly warmupScore?: number;
+  /**
+   * Compute the tail's logarithm directly (asymptotic series for large z)
+   * instead of log-scaling 1 − tail (default false). The default's erfc
+   * approximation has an absolute error near 1e-7, so deep tails, the part
+   * of the scale that ranks strong anomalies, lose their order.
+   */
+  readonly preciseTail?: boolean;
 }
 
 /** Streaming anomaly-likelihood post-processor. */
@@ -33,6 +42,8 @@ export class AnomalyLikelihood {
   private sPos = 0;
   private sSum = 0;
   private readonly warmup: number;
+  private readonly warmupScore: number;
+  private readonly preciseTail: boolean;
   private seen = 0;
 
   constructor(options: AnomalyLikelihoodOptions = {}) {
@@ -51,6 +62,8 @@ export class AnomalyLikelihood {
     this.history = new Float64Array(historySize);
     this.short = new Float64Array(shortSize);
     this.warmup = options.warmup ?? 300;
+    this.warmupScore = options.warmupScore ?? 0.5;
+    this.preciseTail = options.preciseTail ?? false;
   }
 
   /** Folds in one raw score and returns the log-scaled likelihood in [0, 1]. */
@@ -63,13 +76,15 @@ export class AnomalyLikelihood {
     this.sSum += raw;
     this.sPos = (this.sPos + 1) % this.short.length;
     const shortMean = this.sSum / this.sFill;
-    let out = 0.5;
+    let out = this.warmupScore;
     if (this.seen > this.warmup && this.hFill > 1) {
       const mean = this.hSum / this.hFill;
       const variance = Math.max(this.hSumSq / this.hFill - mean * mean, 0);
       const std = Math.max(Math.sqrt(variance), 1e-4);
-      const tail = gaussianTail((shortMean - mean) / std);
-      out = logScale(1 - tail);
+      const z = (shortMean - mean) / std;
+      out = this.preciseTail
+        ? Math.min(1, Math.max(0, -log10GaussianTail(z) / 10))
+        : logScale(1 - gaussianTail(z));
     }
     if (this.hFill === this.history.length) {
       const old = this.history[this.hPos]!;
@@ -94,6 +109,17 @@ export function gaussianTail(z: number): number {
     t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))) *
     Math.exp(-x * x);
   return z >= 0 ? 0.5 * erfc : 1 - 0.5 * erfc;
+}
+
+/**
+ * log10 P(Z > z), accurate in the deep tail: the erfc approximation for
+ * z < 5, then the asymptotic series φ(z)/z · (1 − 1/z² + 3/z⁴).
+ */
+export function log10GaussianTail(z: number): number {
+  if (z < 5) return Math.log10(Math.max(gaussianTail(z), 1e-300));
+  const z2 = z * z;
+  const series = 1 - 1 / z2 + 3 / (z2 * z2);
+  return (-z2 / 2 - Math.log(z * Math.sqrt(2 * Math.PI)) + Math.log(series)) / Math.LN10;
 }
 
 /** Maps a likelihood near 1 onto [0, 1] logarithmically (1 − 1e-10 → 1). */

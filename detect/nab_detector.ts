@@ -1,109 +1,91 @@
 /**
  * A univariate streaming detector for NAB-like series (one metric, unknown
- * range, daily patterns, occasional level shifts and spikes). Values are
- * normalised with the range seen so far; Half-Space Trees score a short
- * shingle of recent normalised values plus their changes; an
- * anomaly-likelihood stage turns the raw HST score into a calibrated score.
+ * range, daily patterns, occasional level shifts, spikes and pattern
+ * changes). It is an ensemble of three classic, complementary raw scores,
+ * each calibrated by its own HTM-style anomaly likelihood:
+ *
+ * - windowed Gaussian: how far the value lies from the recent mean (spikes,
+ *   sudden level shifts);
+ * - relative entropy: whether the distribution of the last few hours differs
+ *   from the one before (sustained level or variance changes, spike bursts);
+ * - contextual novelty: whether the recent sequence of quantised levels was
+ *   ever seen (a jump at an unusual phase of a daily cycle, a missing jump).
+ *
+ * The output is the largest of the three likelihoods, passed through a
+ * threshold-then-rest stage: a likelihood at or above `detectionScore` (0.5
+ * on the log scale = a one-in-100 000 event, HTM's customary alarm level)
+ * is emitted and followed by `restRows` rows of 0, so one event gives one
+ * short pulse. Half-Space Trees remain available as an optional component.
+ *
+ * Memory per stream is bounded: fixed rings plus a capped context table.
  */
 import { AnomalyLikelihood, type AnomalyLikelihoodOptions } from "./anomaly_likelihood.ts";
+import { ContextNovelty, type ContextNoveltyOptions } from "./context_novelty.ts";
 import { DetectInputError } from "./errors.ts";
 import { HalfSpaceTrees } from "./half_space_trees.ts";
+import { RelativeEntropy, type RelativeEntropyOptions } from "./relative_entropy.ts";
+import { DetectionRest, WindowedGaussian } from "./windowed_stats.ts";
 
-/** Longest shingle (recent values fed to the trees together). */
-export const MAX_SHINGLE = 64;
+/** Raw scorers the ensemble can combine. */
+export type UnivariateComponent = "gauss" | "entropy" | "context" | "hst";
 
 /** One configuration for the whole corpus. */
 export interface UnivariateDetectorOptions {
-  /** Recent values in the feature vector (default 4). */
-  readonly shingle?: number;
-  readonly nTrees?: number;
-  readonly height?: number;
-  readonly windowSize?: number;
-  readonly seed?: number;
+  /** Raw scorers combined (default gauss, entropy, context). */
+  readonly components?: readonly UnivariateComponent[];
+  /** Trailing rows of the windowed Gaussian (default 1000). */
+  readonly gaussRows?: number;
+  readonly entropy?: RelativeEntropyOptions;
+  readonly context?: ContextNoveltyOptions;
+  /** Likelihood stage applied to every component (default history 2000, short 3, quiet warm-up). */
   readonly likelihood?: AnomalyLikelihoodOptions;
-  /** Use the likelihood stage (default true). */
-  readonly useLikelihood?: boolean;
-  /** Raw score: Half-Space Trees or a Gaussian z of the value (default "hst"). */
-  readonly raw?: "hst" | "gauss";
-  /** Rows of recent output an onset must exceed (0 = off, default 0). */
-  readonly onsetRows?: number;
-  /** Factor applied to a score that does not exceed the recent maximum (default 0.5). */
-  readonly onsetDamping?: number;
-  /** EWMA rate of the Gaussian baseline (default 0.01). */
-  readonly gaussRate?: number;
+  /** Output at or above this starts a rest (default 0.5). */
+  readonly detectionScore?: number;
+  /** Rows of 0 after a detection (default 200; 0 = no rest). */
+  readonly restRows?: number;
+  /** Shingle of the optional Half-Space Trees component (default 1). */
+  readonly hstShingle?: number;
+  readonly seed?: number;
 }
 
-/** Streaming univariate detector; see the module comment. */
-export class UnivariateDetector {
+/** Longest Half-Space-Trees shingle. */
+export const MAX_SHINGLE = 64;
+
+interface RawScorer {
+  score(x: number): number;
+  /** False while the scorer is still filling its windows (its score is a placeholder). */
+  readonly ready: boolean;
+}
+
+/** Half-Space Trees on a range-normalised shingle (value and change per lag). */
+class HstScorer implements RawScorer {
   private readonly hst: HalfSpaceTrees;
-  private readonly likelihood: AnomalyLikelihood;
   private readonly recent: Float64Array;
   private readonly features: Float64Array;
-  private readonly shingle: number;
-  private readonly useLikelihood: boolean;
-  private readonly rawMode: "hst" | "gauss";
-  private readonly onset: Float64Array;
-  private onsetPos = 0;
-  private readonly gaussRate: number;
-  private readonly onsetDamping: number;
-  private ewMean = 0;
-  private ewVar = 0;
   private min = Infinity;
   private max = -Infinity;
   private seen = 0;
 
-  constructor(options: UnivariateDetectorOptions = {}) {
-    this.shingle = options.shingle ?? 4;
-    if (!Number.isInteger(this.shingle) || this.shingle < 1 || this.shingle > MAX_SHINGLE) {
-      throw new DetectInputError("UnivariateDetector.shingle", this.shingle, `1..${MAX_SHINGLE}`);
+  get ready(): boolean {
+    return this.hst.ready;
+  }
+
+  constructor(private readonly shingle: number, seed: number) {
+    if (!Number.isInteger(shingle) || shingle < 1 || shingle > MAX_SHINGLE) {
+      throw new DetectInputError("UnivariateDetector.hstShingle", shingle, `1..${MAX_SHINGLE}`);
     }
-    this.recent = new Float64Array(this.shingle + 1);
-    this.features = new Float64Array(2 * this.shingle);
+    this.recent = new Float64Array(shingle + 1);
+    this.features = new Float64Array(2 * shingle);
     this.hst = new HalfSpaceTrees({
       nFeatures: this.features.length,
-      nTrees: options.nTrees ?? 25,
-      height: options.height ?? 8,
-      windowSize: options.windowSize ?? 250,
-      seed: options.seed ?? 7,
+      nTrees: 25,
+      height: 8,
+      windowSize: 250,
+      seed,
     });
-    this.likelihood = new AnomalyLikelihood(options.likelihood);
-    this.useLikelihood = options.useLikelihood ?? true;
-    this.rawMode = options.raw ?? "hst";
-    this.onset = new Float64Array(options.onsetRows ?? 0);
-    this.gaussRate = options.gaussRate ?? 0.01;
-    this.onsetDamping = options.onsetDamping ?? 0.5;
   }
 
-  private gaussRaw(value: number): number {
-    if (this.seen === 1) {
-      this.ewMean = value;
-      this.ewVar = 0;
-      return 0;
-    }
-    const d = value - this.ewMean;
-    const span = this.max - this.min;
-    const std = Math.sqrt(this.ewVar) + 1e-3 * (span > 0 ? span : 1);
-    const z = Math.abs(d) / std;
-    this.ewMean += this.gaussRate * d;
-    this.ewVar = (1 - this.gaussRate) * (this.ewVar + this.gaussRate * d * d);
-    return 1 - 1 / (1 + z / 4);
-  }
-
-  private postProcess(score: number): number {
-    const n = this.onset.length;
-    if (n === 0) return score;
-    let recentMax = 0;
-    for (let i = 0; i < n; i++) if (this.onset[i]! > recentMax) recentMax = this.onset[i]!;
-    this.onset[this.onsetPos] = score;
-    this.onsetPos = (this.onsetPos + 1) % n;
-    return score > recentMax ? score : score * this.onsetDamping;
-  }
-
-  /** Scores the next value; returns an anomaly score in [0, 1]. */
-  update(value: number): number {
-    if (!Number.isFinite(value)) {
-      throw new DetectInputError("UnivariateDetector value", value, "finite");
-    }
+  score(value: number): number {
     if (value < this.min) this.min = value;
     if (value > this.max) this.max = value;
     this.seen++;
@@ -118,13 +100,67 @@ export class UnivariateDetector {
       this.features[i] = (v - this.min) * scale;
       this.features[s + i] = 0.5 + (v - prev) * scale / 2;
     }
-    let raw: number;
-    if (this.rawMode === "gauss") {
-      raw = this.gaussRaw(value);
-    } else {
-      raw = this.hst.scoreAndLearn(this.features);
-      if (!this.hst.ready) return 0;
+    const raw = this.hst.scoreAndLearn(this.features);
+    return this.hst.ready ? raw : 0;
+  }
+}
+
+/** Streaming univariate detector; see the module comment. */
+export class UnivariateDetector {
+  private readonly parts: { raw: RawScorer; likelihood: AnomalyLikelihood }[];
+  private readonly rest: DetectionRest;
+
+  constructor(options: UnivariateDetectorOptions = {}) {
+    const components = options.components ?? ["gauss", "entropy", "context"];
+    if (components.length === 0) {
+      throw new DetectInputError("UnivariateDetector.components", components, "at least one");
     }
-    return this.postProcess(this.useLikelihood ? this.likelihood.update(raw) : raw);
+    const likelihood: AnomalyLikelihoodOptions = {
+      historySize: 2000,
+      shortSize: 3,
+      warmupScore: 0,
+      ...options.likelihood,
+    };
+    this.parts = components.map((c) => {
+      let raw: RawScorer;
+      switch (c) {
+        case "gauss":
+          raw = new WindowedGaussian(options.gaussRows ?? 1000);
+          break;
+        case "entropy":
+          raw = new RelativeEntropy(options.entropy);
+          break;
+        case "context":
+          raw = new ContextNovelty(options.context);
+          break;
+        case "hst":
+          raw = new HstScorer(options.hstShingle ?? 1, options.seed ?? 7);
+          break;
+        default:
+          throw new DetectInputError(
+            "UnivariateDetector.components",
+            c,
+            "gauss|entropy|context|hst",
+          );
+      }
+      return { raw, likelihood: new AnomalyLikelihood(likelihood) };
+    });
+    this.rest = new DetectionRest(options.restRows ?? 200, options.detectionScore ?? 0.5);
+  }
+
+  /** Scores the next value; returns an anomaly score in [0, 1]. */
+  update(value: number): number {
+    if (!Number.isFinite(value)) {
+      throw new DetectInputError("UnivariateDetector value", value, "finite");
+    }
+    let score = 0;
+    for (const part of this.parts) {
+      const raw = part.raw.score(value);
+      // Placeholders from a filling window would make the likelihood's history degenerate.
+      if (!part.raw.ready) continue;
+      const s = part.likelihood.update(raw);
+      if (s > score) score = s;
+    }
+    return this.rest.apply(score);
   }
 }

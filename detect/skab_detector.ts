@@ -31,6 +31,13 @@ export interface PcaMonitorOptions {
   readonly quantile?: number;
   /** Multiplier on that quantile (default 1.5). */
   readonly thresholdFactor?: number;
+  /**
+   * Keep the training part's last scores in the smoothing windows, for a
+   * stream that continues right after its training rows (SKAB's protocol),
+   * so the first scored rows are smoothed like the rest (default false:
+   * the windows start empty).
+   */
+  readonly continueFromTraining?: boolean;
 }
 
 /** Trailing mean over a fixed ring of values. */
@@ -138,8 +145,10 @@ export class PcaMonitor {
     const factor = options.thresholdFactor ?? 1.5;
     this.t2Threshold = Math.max(quantileOf(t2s, quantile) * factor, 1e-9);
     this.qThreshold = Math.max(quantileOf(qs, quantile) * factor, 1e-9);
-    this.t2Mean.clear();
-    this.qMean.clear();
+    if (!(options.continueFromTraining ?? false)) {
+      this.t2Mean.clear();
+      this.qMean.clear();
+    }
   }
 
   /** T² and Q of one row, before smoothing. */

@@ -19,21 +19,36 @@ import { addConfusion, confusionOf, emptyConfusion, skabMetrics } from "../detec
 /** SKAB protocol: the first rows of every file are the training part. */
 export const SKAB_TRAINING_ROWS = 400;
 
-/** The one SKAB configuration (chosen for slow multi-sensor process data). */
+/**
+ * The one SKAB configuration (chosen for slow multi-sensor process data).
+ * Fewer principal components (half the standardised variance) put slow
+ * thermal drift mostly into Q, whose training-quantile limit is looser;
+ * 1.75 × the 99th percentile of the smoothed training scores is the limit.
+ * The scored rows follow the training rows in one stream, so the smoothing
+ * windows carry over.
+ */
 export const SKAB_CONFIG: PcaMonitorOptions = {
-  explainedVariance: 0.8,
+  explainedVariance: 0.5,
   smoothingRows: 20,
   quantile: 0.99,
-  thresholdFactor: 1.5,
+  thresholdFactor: 1.75,
+  continueFromTraining: true,
 };
 
-/** The one NAB configuration. */
+/**
+ * The one NAB configuration: windowed Gaussian + relative entropy +
+ * contextual novelty, each through an anomaly likelihood over 8640 rows
+ * (HTM's customary month of 5-minute data), one pulse per event (rest of
+ * 200 rows after a likelihood ≥ 0.5).
+ */
 export const NAB_CONFIG: UnivariateDetectorOptions = {
-  raw: "hst",
-  shingle: 1,
-  useLikelihood: true,
-  likelihood: { historySize: 2000, shortSize: 3 },
-  onsetRows: 200,
+  components: ["gauss", "entropy", "context"],
+  gaussRows: 1000,
+  entropy: { shortRows: 24, referenceRows: 400, bins: 8 },
+  context: { levels: 8, order: 4 },
+  likelihood: { historySize: 8640, shortSize: 3, warmup: 300, warmupScore: 0 },
+  detectionScore: 0.5,
+  restRows: 200,
 };
 
 const repoRoot = new URL("..", import.meta.url);
@@ -165,9 +180,9 @@ export async function main(args: string[]) {
     console.log("| detector | standard | low FP | low FN |");
     console.log("| --- | --- | --- | --- |");
     console.log(
-      `| twinmesh HST + likelihood (this run, subset) | ${r.standard.score.toFixed(1)} | ${
-        r.lowFp.score.toFixed(1)
-      } | ${r.lowFn.score.toFixed(1)} |`,
+      `| twinmesh ensemble (Gaussian, rel. entropy, context) + likelihood (this run, subset) | ${
+        r.standard.score.toFixed(1)
+      } | ${r.lowFp.score.toFixed(1)} | ${r.lowFn.score.toFixed(1)} |`,
     );
     for (
       const [name, s] of [
