@@ -3,6 +3,8 @@
  * services and the HTTP API together, and takes them down in order.
  */
 import "./deno_compat.ts";
+import { peerIdFromPrivateKey, peerIdFromString } from "@libp2p/peer-id";
+import { HybridLogicalClock } from "../protocols/hlc.ts";
 import type { GatewayConfig } from "./config.ts";
 import { parseHostPort } from "./config.ts";
 import { createLogger, type Logger } from "./log.ts";
@@ -13,18 +15,14 @@ import { createMeshNode, type MeshNode } from "./libp2p.ts";
 import { formatAgent, Mesh } from "./mesh.ts";
 import { GatewayMetrics } from "./metrics.ts";
 import { type HttpServerHandle, Router, serveHttp } from "./http.ts";
+import { registerRoutes } from "./routes.ts";
+import { ESTOP_TOPIC, factoryTopic, GossipBus } from "./gossip.ts";
 import { SimulatedArm } from "./assets/simulated_arm.ts";
-import type { ArmTelemetry, AssetAdapter } from "./assets/adapter.ts";
-import { formatTimestamp, HybridLogicalClock } from "../protocols/hlc.ts";
-import type { EstopTarget } from "../protocols/estop_codec.ts";
+import { type ArmTelemetry, type AssetAdapter, AssetCommandRefused } from "./assets/adapter.ts";
 import { createEstopService, type EstopService } from "./estop_service.ts";
+import { createTwinService, type TwinService } from "./twin_service.ts";
 import { AssetDirectory } from "./directory.ts";
 import { Detection } from "./detection.ts";
-import { HttpError } from "./http.ts";
-import { peerIdFromString } from "@libp2p/peer-id";
-import { createTwinService, type TwinService, UnknownTwinError } from "./twin_service.ts";
-import { TwinValidationError } from "../protocols/twin_model.ts";
-import { AssetCommandRefused } from "./assets/adapter.ts";
 import { MeasuredAccumulator } from "./measured.ts";
 
 /** A whole shutdown must fit in this (the operator's expectation: ~2 s). */
@@ -36,8 +34,6 @@ const HLC_META_KEY = "hlc.persistedWallMs";
  * telemetry never goes there and this rate bounds history growth.
  */
 const MEASURED_WRITE_INTERVAL_MS = 1_000;
-/** E-stop's last-resort gossip path spans the whole mesh. */
-const ESTOP_TOPIC = "twinmesh/estop/1";
 
 /** A running gateway. */
 export interface Gateway {
@@ -55,13 +51,6 @@ export interface Gateway {
   readonly twins: TwinService;
   /** Stops everything and closes storage; safe to call twice. */
   stop(): Promise<void>;
-}
-
-/** Gateway-level counters. */
-interface GatewayStats {
-  telemetrySamples: number;
-  pubsubMessagesIn: number;
-  pubsubMessagesOut: number;
 }
 
 /**
@@ -98,7 +87,6 @@ async function assemble(
   startedAt: number,
 ): Promise<Gateway> {
   const { key, created } = await loadOrCreateIdentity(config.dataDir);
-  const { peerIdFromPrivateKey } = await import("@libp2p/peer-id");
   const peerId = peerIdFromPrivateKey(key).toString();
   const log = createLogger({ level: config.logLevel, peer: peerId });
   log.info(created ? "created new identity" : "loaded identity", { dataDir: config.dataDir });
@@ -136,8 +124,7 @@ async function assemble(
   mesh.start();
   cleanups.unshift(["mesh", () => mesh.stop()]);
 
-  const stats: GatewayStats = { telemetrySamples: 0, pubsubMessagesIn: 0, pubsubMessagesOut: 0 };
-  libp2p.services.pubsub.addEventListener("message", () => stats.pubsubMessagesIn++);
+  const stats = { telemetrySamples: 0 };
 
   // Assets: simulated welding arms behind the adapter interface.
   const assets = new Map<string, AssetAdapter>();
@@ -151,46 +138,8 @@ async function assemble(
     arms.push(arm);
     assets.set(arm.id, arm);
   }
-  let detectionSink: ((sample: ArmTelemetry) => void) | undefined;
-  const onTelemetry = (sample: ArmTelemetry) => {
-    stats.telemetrySamples++;
-    detectionSink?.(sample);
-    measured.add(sample);
-  };
-  for (const arm of arms) arm.onTelemetry = onTelemetry;
-  const telemetryTimer = setInterval(() => {
-    const now = Date.now();
-    for (const arm of arms) arm.tick(now);
-  }, 1000 / config.telemetryHz);
-  cleanups.unshift(["telemetry", () => clearInterval(telemetryTimer)]);
 
-  // Gossip topics of this factory (twin sync subscribes to its own).
-  const topic = (name: string) => `twinmesh/${config.factory}/${name}/1`;
-  const pubsub = libp2p.services.pubsub;
-  const publish = (name: string, bytes: Uint8Array) => {
-    stats.pubsubMessagesOut++;
-    pubsub.publish(topic(name), bytes).catch((err: Error) =>
-      log.debug("publish failed", { topic: name, error: err })
-    );
-  };
-  const publishGlobal = (fullTopic: string, bytes: Uint8Array) => {
-    stats.pubsubMessagesOut++;
-    pubsub.publish(fullTopic, bytes).catch((err: Error) =>
-      log.debug("publish failed", { topic: fullTopic, error: err })
-    );
-  };
-  const gossipHandlers = new Map<string, (data: Uint8Array, from: string) => void>();
-  pubsub.addEventListener("message", (event) => {
-    const message = event.detail;
-    const handler = gossipHandlers.get(message.topic);
-    if (handler) {
-      handler(message.data, message.type === "signed" ? message.from.toString() : "unknown");
-    }
-  });
-  const subscribe = (name: string, handler: (data: Uint8Array, from: string) => void) => {
-    gossipHandlers.set(topic(name), handler);
-    pubsub.subscribe(topic(name));
-  };
+  const gossip = new GossipBus(libp2p, log.child("gossip"));
 
   // Digital twins: Automerge documents, gossip per factory, sync on connect.
   const twins = createTwinService({
@@ -206,17 +155,6 @@ async function assemble(
   });
   await twins.start();
   cleanups.unshift(["twins", () => twins.stop()]);
-  const measured = new MeasuredAccumulator();
-  const twinTimer = setInterval(() => {
-    for (const [assetId, update] of measured.drain()) {
-      try {
-        twins.writeMeasured(assetId, update);
-      } catch (err) {
-        log.warn("twin measured write refused", { asset: assetId, error: err });
-      }
-    }
-  }, MEASURED_WRITE_INTERVAL_MS);
-  cleanups.unshift(["twin-writer", () => clearInterval(twinTimer)]);
 
   // Emergency stop: dedicated streams; gossip only as the last-resort path.
   const directory = new AssetDirectory(
@@ -247,14 +185,12 @@ async function assemble(
     holdAssets: (ids, reason) => {
       for (const id of ids) assets.get(id)?.hold(reason);
     },
-    publishGossip: (frame) => publishGlobal(ESTOP_TOPIC, frame),
+    publishGossip: (frame) => gossip.publish(ESTOP_TOPIC, frame),
   });
   estop.onEvent((event) => {
     if (event.type === "released") { for (const id of event.assets) assets.get(id)?.release(); }
   });
-  // Mesh-wide (not per factory): the last-resort path must cross regions too.
-  gossipHandlers.set(ESTOP_TOPIC, (data, from) => estop.receiveGossip(data, from));
-  pubsub.subscribe(ESTOP_TOPIC);
+  gossip.subscribe(ESTOP_TOPIC, (data, from) => estop.receiveGossip(data, from));
   await estop.start();
   cleanups.unshift(["estop", () => estop.stop()]);
 
@@ -309,7 +245,7 @@ async function assemble(
     selfPeerId: peerId,
     sign: async (bytes) => await key.sign(bytes),
     verify,
-    publish,
+    publish: (name, bytes) => gossip.publish(factoryTopic(config.factory, name), bytes),
     raiseStop: (anomaly) => {
       estop.issueStop({
         target: { kind: "asset", id: anomaly.assetId },
@@ -320,14 +256,43 @@ async function assemble(
         );
     },
   });
-  subscribe("anomalies", (data, from) => detection.receiveAnomaly(data, from));
-  subscribe("models", (data, from) => void detection.receiveModel(data, from));
-  detectionSink = (sample) => detection.push(sample);
+  const anomaliesTopic = factoryTopic(config.factory, "anomalies");
+  gossip.subscribe(anomaliesTopic, (data, from) => detection.receiveAnomaly(data, from));
+  gossip.subscribe(
+    factoryTopic(config.factory, "models"),
+    (data, from) => void detection.receiveModel(data, from),
+  );
   detection.start();
   cleanups.unshift(["detection", () => detection.stop()]);
 
+  // Telemetry: every arm ticks at the configured rate; samples feed detection
+  // (bounded queues) and the 1 Hz measured-state writer.
+  const measured = new MeasuredAccumulator();
+  const onTelemetry = (sample: ArmTelemetry) => {
+    stats.telemetrySamples++;
+    detection.push(sample);
+    measured.add(sample);
+  };
+  for (const arm of arms) arm.onTelemetry = onTelemetry;
+  const telemetryTimer = setInterval(() => {
+    const now = Date.now();
+    for (const arm of arms) arm.tick(now);
+  }, 1000 / config.telemetryHz);
+  cleanups.unshift(["telemetry", () => clearInterval(telemetryTimer)]);
+  const twinTimer = setInterval(() => {
+    for (const [assetId, update] of measured.drain()) {
+      try {
+        twins.writeMeasured(assetId, update);
+      } catch (err) {
+        log.warn("twin measured write refused", { asset: assetId, error: err });
+      }
+    }
+  }, MEASURED_WRITE_INTERVAL_MS);
+  cleanups.unshift(["twin-writer", () => clearInterval(twinTimer)]);
+
   metrics.addStats("gateway", () => ({
     ...stats,
+    ...gossip.stats,
     peers: mesh.peers().length,
     assets: assets.size,
     hlcRejectedRemote: clock.rejectedRemote,
@@ -339,110 +304,19 @@ async function assemble(
   metrics.addStats("twins", () => ({ ...twins.stats() }));
 
   const router = new Router();
-  const uptimeS = () => Math.round((performance.now() - startedAt) / 100) / 10;
-  router.get("/", () => ({ service: "twinmesh", routes: router.paths() }));
-  router.get("/health", () => ({ peerId, ...identity, uptimeS: uptimeS() }));
-  router.get("/peers", () => mesh.peers());
-  router.get(
-    "/metrics",
-    async () =>
-      new Response(await metrics.text(), { headers: { "content-type": metrics.contentType } }),
-  );
-  router.get("/status", () => ({
+  registerRoutes(router, {
     peerId,
-    ...identity,
-    uptimeS: uptimeS(),
-    peers: mesh.peers().length,
-    assets: assets.size,
-    twins: twins.list().length,
-    latched: estop.status().latched.length,
-    anomalies: detection.stats.anomaliesLocal,
-    hlc: formatTimestamp(clock.last),
-    stats: {
-      ...stats,
-      estopLivePeers: estop.livePeers().length,
-      twinGossipIn: twins.stats().gossip_received ?? 0,
-      twinGossipOut: twins.stats().gossip_published ?? 0,
-    },
-  }));
-
-  router.get(
-    "/assets",
-    () =>
-      [...assets.values()].map((a) => ({
-        id: a.id,
-        kind: a.kind,
-        cell: a.cell,
-        stopped: a.stopped,
-        latched: estop.isLatched(a.id),
-      })),
-  );
-  // Simulation only: start a fault on a simulated arm (tests, demos, detector checks).
-  router.post("/assets/:id/faults", async ({ params, json }) => {
-    const arm = arms.find((a) => a.id === params.id);
-    if (!arm) throw new HttpError(404, `no simulated asset ${params.id}`, "id");
-    const body = await json();
-    const kinds = ["current-spike", "temperature-drift", "joint-stuck"] as const;
-    const kind = kinds.find((k) => k === body.kind);
-    if (!kind) throw new HttpError(400, `kind: expected one of ${kinds.join(", ")}`, "kind");
-    const durationS = body.durationS ?? 5;
-    if (typeof durationS !== "number" || !(durationS > 0 && durationS <= 600)) {
-      throw new HttpError(400, "durationS: expected a number in (0, 600]", "durationS");
-    }
-    arm.injectFault(kind, durationS);
-    return { status: 202, body: { assetId: arm.id, kind, durationS } };
-  });
-  router.get("/twins", () => twins.list());
-  router.get("/twins/:id", ({ params }) => twinCall(() => twins.get(params.id!)));
-  router.get(
-    "/twins/:id/history",
-    ({ params, url }) =>
-      twinCall(() => twins.history(params.id!, intParam(url, "limit", 50, 1, 1000))),
-  );
-  router.post("/twins/:id/commands", async ({ params, json }) => {
-    const body = await json();
-    const id = params.id!;
-    // A stop wins over any concurrent command: no motion mode while latched.
-    const modes = body.modes as { add?: unknown } | undefined;
-    const wantsMotion = Array.isArray(modes?.add) &&
-      modes.add.some((m) => m === "auto" || m === "manual");
-    if (wantsMotion && estop.isLatched(id)) {
-      throw new HttpError(
-        409,
-        `${id} has a latched e-stop; reset it before commanding motion`,
-        "modes",
-      );
-    }
-    const { hlc } = twinCall(() => twins.command(id, body));
-    return { status: 202, body: { id, hlc } };
-  });
-  router.get("/estop", () => estop.status());
-  router.post("/estop", async ({ json }) => {
-    const body = await json();
-    const issued = await estop.issueStop({
-      target: parseTarget(body.target),
-      reason: stringField(body, "reason", "operator stop"),
-    });
-    return { status: 202, body: { id: issued.id, hlc: issued.hlc } };
-  });
-  router.post("/estop/reset", async ({ json }) => {
-    const body = await json();
-    const stopIds = body.stopIds;
-    if (
-      !Array.isArray(stopIds) || stopIds.length === 0 || stopIds.some((s) => typeof s !== "string")
-    ) {
-      throw new HttpError(400, "stopIds: expected a non-empty list of stop ids", "stopIds");
-    }
-    const issued = await estop.issueReset({
-      stopIds,
-      ...(body.target !== undefined ? { target: parseTarget(body.target) } : {}),
-      reason: stringField(body, "reason", "operator reset"),
-    });
-    return { status: 202, body: { id: issued.id, hlc: issued.hlc } };
-  });
-  router.get("/anomalies", ({ url }) => {
-    const limit = intParam(url, "limit", 100, 1, 1000);
-    return detection.recent(limit, url.searchParams.get("asset") ?? undefined);
+    identity,
+    startedAt,
+    mesh,
+    metrics,
+    assets,
+    arms,
+    twins,
+    estop,
+    detection,
+    clock,
+    stats: () => ({ ...stats, ...gossip.stats }),
   });
 
   const server: HttpServerHandle = serveHttp(http, router, log.child("http"));
@@ -504,79 +378,4 @@ async function runCleanups(cleanups: Array<[string, () => unknown]>, log: Logger
       clearTimeout(timer);
     }
   }
-}
-
-/** Maps twin errors to HTTP: unknown twin → 404, bad field → 400 naming it. */
-function twinCall<T>(call: () => T): T {
-  try {
-    return call();
-  } catch (err) {
-    if (err instanceof UnknownTwinError) throw new HttpError(404, err.message, "id");
-    if (err instanceof TwinValidationError) throw new HttpError(400, err.message, err.field);
-    throw err;
-  }
-}
-
-/** `{asset: id}`, `{cell: id}`, `{factory?: id}`, `"all"`, or the wire form `{kind, id}`. */
-export function parseTarget(raw: unknown): EstopTarget {
-  const bad = () =>
-    new HttpError(
-      400,
-      'target: expected {"asset": id}, {"cell": id}, {"factory": id?} or "all"',
-      "target",
-    );
-  if (raw === "all") return { kind: "all" };
-  if (typeof raw !== "object" || raw === null) throw bad();
-  const t = raw as Record<string, unknown>;
-  const id = (value: unknown) => {
-    if (typeof value !== "string" || value === "" || value.length > 200) throw bad();
-    return value;
-  };
-  if ("kind" in t) {
-    if (t.kind === "all") return { kind: "all" };
-    if (t.kind === "factory") {
-      return t.id === undefined ? { kind: "factory" } : { kind: "factory", id: id(t.id) };
-    }
-    if (t.kind === "asset" || t.kind === "cell") return { kind: t.kind, id: id(t.id) };
-    throw bad();
-  }
-  if ("asset" in t) return { kind: "asset", id: id(t.asset) };
-  if ("cell" in t) return { kind: "cell", id: id(t.cell) };
-  if ("factory" in t) {
-    return t.factory === null || t.factory === undefined
-      ? { kind: "factory" }
-      : { kind: "factory", id: id(t.factory) };
-  }
-  if ("all" in t) return { kind: "all" };
-  throw bad();
-}
-
-function stringField(body: Record<string, unknown>, field: string, fallback: string): string {
-  const value = body[field];
-  if (value === undefined) return fallback;
-  if (typeof value !== "string" || value.length > 500) {
-    throw new HttpError(400, `${field}: expected a string of at most 500 characters`, field);
-  }
-  return value;
-}
-
-/** Integer query parameter within [min, max]; 400 otherwise. */
-export function intParam(
-  url: URL,
-  name: string,
-  fallback: number,
-  min: number,
-  max: number,
-): number {
-  const text = url.searchParams.get(name);
-  if (text === null) return fallback;
-  const value = Number(text);
-  if (!Number.isInteger(value) || value < min || value > max) {
-    throw new HttpError(
-      400,
-      `${name}: expected an integer in [${min}, ${max}], got ${JSON.stringify(text)}`,
-      name,
-    );
-  }
-  return value;
 }
