@@ -216,24 +216,50 @@ async function assemble(
       });
     }
   });
-  // The twin shows the latch: the owner adds/removes the "estop" mode.
-  const markTwin = (assetId: string, change: { add?: string[]; remove?: string[] }) => {
+  // The twin shows the latch: the owner adds/removes the "estop" mode and
+  // records the event (origin, HLC, reason, latency) in `estop.last`.
+  const markTwin = (
+    assetId: string,
+    change: { add?: string[]; remove?: string[] },
+    record: object,
+  ) => {
     try {
       twins.command(assetId, { modes: change });
+      twins.writeMeasured(assetId, { estop: JSON.stringify(record) });
     } catch (err) {
-      log.warn("twin e-stop mode not recorded", { asset: assetId, error: err });
+      log.warn("twin e-stop record not written", { asset: assetId, error: err });
     }
   };
   estop.onEvent((event) => {
     if (event.type === "latched") {
-      for (const id of event.record.assets ?? []) markTwin(id, { add: ["estop"] });
+      const r = event.record;
+      const latencyMs = r.actedAtMs === undefined
+        ? undefined
+        : Math.round((r.actedAtMs - r.atMs) * 1000) / 1000;
+      const record = {
+        id: r.id,
+        kind: "stop",
+        origin: r.origin,
+        hlc: r.hlc,
+        reason: r.reason,
+        late: r.late,
+        latencyMs,
+      };
+      for (const id of r.assets ?? []) markTwin(id, { add: ["estop"] }, record);
     }
     if (event.type === "released") {
-      for (const id of event.assets) markTwin(id, { remove: ["estop"] });
+      const record = { id: event.resetId, kind: "reset", cleared: event.cleared };
+      for (const id of event.assets) markTwin(id, { remove: ["estop"] }, record);
     }
     if (event.type === "watchdog-tripped") {
+      const record = {
+        id: event.stopId ?? null,
+        kind: "watchdog",
+        safeState: event.safeState,
+        silentForMs: event.silentForMs,
+      };
       for (const id of event.assets) {
-        markTwin(id, { add: [event.safeState === "hold" ? "hold" : "estop"] });
+        markTwin(id, { add: [event.safeState === "hold" ? "hold" : "estop"] }, record);
       }
     }
   });

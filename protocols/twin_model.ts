@@ -22,7 +22,7 @@ export type CrdtKind =
   | "or-set";
 
 /** Value types a field can hold. */
-export type ValueType = "number" | "integer" | "element" | "summary";
+export type ValueType = "number" | "integer" | "element" | "summary" | "text";
 
 /** Who may write a field. */
 export type WriterRole =
@@ -43,6 +43,8 @@ export interface FieldSpec {
   readonly max?: number;
   /** Allowed elements of an or-set. */
   readonly elements?: readonly string[];
+  /** Longest allowed text, in UTF-16 code units (for `text`). */
+  readonly maxLength?: number;
   /** Allowed channels of a summary. */
   readonly channels?: readonly string[];
 }
@@ -107,6 +109,8 @@ export const WELDING_ARM_CHANNELS = [
 ] as const;
 /** One full turn either way: wrist axes of welding arms turn up to ±360°. */
 const JOINT_LIMIT_RAD = 2 * Math.PI;
+/** An e-stop record is a small JSON object; a reason is at most 500 characters. */
+const ESTOP_RECORD_MAX_CHARS = 2_048;
 /** One day of runtime per report: a larger delta is a unit mistake, not a measurement. */
 const RUNTIME_DELTA_MAX_MS = 86_400_000;
 /** Far above any arm's welds per report, low enough to catch garbage counters. */
@@ -161,6 +165,15 @@ export const WELDING_ARM_MODEL: TwinModel = {
     "setpoints.weldVoltageV": setpointSpec("V", 50),
     "setpoints.wireFeedMps": setpointSpec("m/s", 0.4),
     "setpoints.travelSpeedMmps": setpointSpec("mm/s", 200),
+    // The latest e-stop event at the owner (JSON: id, kind, origin, hlc, reason,
+    // latencyMs), so the twin tells who stopped the arm and when.
+    "estop.last": {
+      crdt: "lww",
+      type: "text",
+      unit: "none",
+      writer: "owner",
+      maxLength: ESTOP_RECORD_MAX_CHARS,
+    },
     summary: {
       crdt: "lww",
       type: "summary",
@@ -237,6 +250,7 @@ function expectCrdt(field: string, spec: FieldSpec, crdt: CrdtKind): void {
 export function validateValue(field: string, spec: FieldSpec, value: unknown): TwinValue {
   if (spec.type === "summary") return validateSummary(field, spec, value);
   if (spec.type === "element") return validateElement(field, spec, value);
+  if (spec.type === "text") return validateText(field, spec, value);
   return validateNumber(field, spec, value);
 }
 
@@ -251,6 +265,14 @@ function validateNumber(field: string, spec: FieldSpec, value: unknown): number 
   const max = spec.max ?? Infinity;
   if (value < min || value > max) {
     throw new TwinValidationError(field, `${value} ${spec.unit} is outside [${min}, ${max}]`);
+  }
+  return value;
+}
+
+function validateText(field: string, spec: FieldSpec, value: unknown): string {
+  const max = spec.maxLength ?? 0;
+  if (typeof value !== "string" || value.length > max) {
+    throw new TwinValidationError(field, `expected a text of at most ${max} characters`);
   }
   return value;
 }
@@ -371,6 +393,8 @@ export interface MeasuredUpdate {
   /** Counter increments since the last report (not totals). */
   readonly counters?: Readonly<Record<string, number>>;
   readonly summary?: TelemetrySummary;
+  /** The latest e-stop event at this owner, as JSON text (`estop.last`). */
+  readonly estop?: string;
 }
 
 /** Turns a measured update into validated owner writes. */
@@ -393,6 +417,11 @@ export function parseMeasured(model: TwinModel, update: MeasuredUpdate): TwinWri
   if (update.summary !== undefined) {
     const value = update.summary as TwinValue; // validated by validateWrite
     writes.push(validateWrite(model, { op: "set", field: "summary", value }, "owner"));
+  }
+  if (update.estop !== undefined) {
+    writes.push(
+      validateWrite(model, { op: "set", field: "estop.last", value: update.estop as TwinValue }, "owner"),
+    );
   }
   return writes;
 }
