@@ -46,6 +46,8 @@ export interface DetectionComponents {
   verify: (signer: string, bytes: Uint8Array, sig: Uint8Array) => Promise<boolean>;
   /** Publishes an anomaly event or a model to the factory. */
   publish: (topic: "anomalies" | "models", bytes: Uint8Array) => void;
+  /** Called for every local anomaly event (traces). */
+  onAnomaly?: (event: AnomalyView) => void;
   /** Called for events the stop policy selects (only when enabled). */
   raiseStop: (event: AnomalyView) => void;
 }
@@ -183,6 +185,7 @@ export class Detection {
       stopRaised: event.stop,
     };
     this.#remember(view);
+    this.#c.onAnomaly?.(view);
     this.#c.logger.info("anomaly", {
       asset: view.assetId,
       channel: view.channel,

@@ -428,6 +428,11 @@ class DefaultEstopService implements EstopService {
     if (this.#running) return;
     const snapshot = this.#storage.load();
     this.#latch.load(snapshot.latch, snapshot.known);
+    // Adapters start unstopped: a latch restored from disk (a crash right after
+    // the ack) must stop its assets again before anything else runs.
+    for (const { assetId, entries } of this.#latch.latched()) {
+      this.#c.stopAssets([assetId], `e-stop latched before restart: ${entries[0]!.reason}`);
+    }
     this.#running = true;
     await this.#c.libp2p.handle(ESTOP_PROTOCOL, (stream, connection) => {
       this.#attach(stream, connection);
@@ -528,6 +533,8 @@ class DefaultEstopService implements EstopService {
       record.acks.push(ack);
     }
     this.#emit({ type: "issued", record: { ...record } });
+    // Assets of this gateway latched by its own stop: the same event as for a received one.
+    if (local.length > 0) this.#emit({ type: "latched", record: { ...record } });
     this.#perform(actions.filter((a) => a.type === "report"));
     this.#c.logger.warn("e-stop issued", {
       id,

@@ -24,6 +24,7 @@ import { createTwinService, type TwinService } from "./twin_service.ts";
 import { AssetDirectory } from "./directory.ts";
 import { Detection } from "./detection.ts";
 import { MeasuredAccumulator } from "./measured.ts";
+import { newTraceId, round, Tracer } from "./trace.ts";
 
 /** A whole shutdown must fit in this (the operator's expectation: ~2 s). */
 export const SHUTDOWN_BUDGET_MS = 1_800;
@@ -99,6 +100,7 @@ async function assemble(
   });
 
   const metrics = new GatewayMetrics();
+  const tracer = new Tracer();
   const identity = { name: config.name, factory: config.factory, region: config.region };
   const libp2p = await createMeshNode({
     privateKey: key,
@@ -264,6 +266,62 @@ async function assemble(
     }
   });
 
+  // Traces: an e-stop's id is its trace id on every gateway it touches.
+  estop.onEvent((event) => {
+    switch (event.type) {
+      case "issued":
+        tracer.record({
+          traceId: event.record.id,
+          name: `estop.issue.${event.record.kind}`,
+          startMs: event.record.atMs,
+          durationMs: 0,
+          attributes: { target: JSON.stringify(event.record.target), reason: event.record.reason },
+        });
+        break;
+      case "latched": {
+        const r = event.record;
+        tracer.record({
+          traceId: r.id,
+          name: "estop.act",
+          startMs: r.atMs,
+          durationMs: r.actedAtMs === undefined ? 0 : round(r.actedAtMs - r.atMs),
+          attributes: { origin: r.origin, assets: (r.assets ?? []).join(","), late: r.late },
+        });
+        break;
+      }
+      case "ack":
+        tracer.record({
+          traceId: event.id,
+          name: "estop.ack",
+          startMs: Date.now(),
+          durationMs: event.ack.latencyMs,
+          attributes: { from: event.ack.peer, status: event.ack.status, late: event.late },
+        });
+        break;
+      case "report":
+        tracer.record({
+          traceId: event.id,
+          name: "estop.report",
+          startMs: Date.now(),
+          durationMs: 0,
+          attributes: { acked: event.result.acked.length, missing: event.result.missing.join(",") },
+        });
+        break;
+      case "refused":
+      case "released":
+        tracer.record({
+          traceId: event.type === "refused" ? event.record.id : event.resetId,
+          name: `estop.${event.type}`,
+          startMs: Date.now(),
+          durationMs: 0,
+          attributes: event.type === "refused"
+            ? { origin: event.record.origin, status: event.record.status ?? "" }
+            : { assets: event.assets.join(","), cleared: event.cleared.join(",") },
+        });
+        break;
+    }
+  });
+
   // Edge anomaly detection.
   const detection = new Detection([...assets.keys()], config.stopOnAnomaly, {
     logger: log.child("detect"),
@@ -272,6 +330,19 @@ async function assemble(
     sign: async (bytes) => await key.sign(bytes),
     verify,
     publish: (name, bytes) => gossip.publish(factoryTopic(config.factory, name), bytes),
+    onAnomaly: (anomaly) =>
+      tracer.record({
+        traceId: newTraceId(),
+        name: "detect.anomaly",
+        startMs: anomaly.atMs,
+        durationMs: round(Date.now() - anomaly.atMs),
+        attributes: {
+          asset: anomaly.assetId,
+          channel: anomaly.channel,
+          kind: anomaly.kind,
+          score: anomaly.score,
+        },
+      }),
     raiseStop: (anomaly) => {
       estop.issueStop({
         target: { kind: "asset", id: anomaly.assetId },
@@ -342,10 +413,11 @@ async function assemble(
     estop,
     detection,
     clock,
+    tracer,
     stats: () => ({ ...stats, ...gossip.stats }),
   });
 
-  const server: HttpServerHandle = serveHttp(http, router, log.child("http"));
+  const server: HttpServerHandle = serveHttp(http, router, log.child("http"), tracer);
   cleanups.unshift(["http", () => server.shutdown()]);
   log.info("gateway started", {
     ...identity,

@@ -4,6 +4,7 @@
  * request gets a 4xx with a JSON error and never reaches a crash.
  */
 import type { Logger } from "./log.ts";
+import { newTraceId, nowMs, round, type Tracer } from "./trace.ts";
 
 /** Request bodies larger than this are refused (413): commands are small. */
 export const MAX_BODY_BYTES = 64 * 1024;
@@ -176,6 +177,7 @@ export function serveHttp(
   options: { hostname: string; port: number },
   router: Router,
   log: Logger,
+  tracer?: Tracer,
 ): HttpServerHandle {
   let server: Deno.HttpServer<Deno.NetAddr>;
   try {
@@ -187,7 +189,21 @@ export function serveHttp(
         log.error("HTTP server error", { error: err });
         return errorResponse(new HttpError(500, "internal error"));
       },
-    }, (request) => router.handle(request, log));
+    }, async (request) => {
+      const startMs = nowMs();
+      const response = await router.handle(request, log);
+      // Scrapes and polls would flood the ring; only mutations are traced.
+      if (tracer && request.method !== "GET") {
+        tracer.record({
+          traceId: newTraceId(),
+          name: `http.${request.method} ${new URL(request.url).pathname}`,
+          startMs,
+          durationMs: round(nowMs() - startMs),
+          attributes: { status: response.status },
+        });
+      }
+      return response;
+    });
   } catch (err) {
     if (err instanceof Deno.errors.AddrInUse) {
       throw new HttpError(

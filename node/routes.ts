@@ -13,6 +13,7 @@ import type { EstopService } from "./estop_service.ts";
 import type { GatewayIdentity, Mesh } from "./mesh.ts";
 import type { GatewayMetrics } from "./metrics.ts";
 import { type TwinService, UnknownTwinError } from "./twin_service.ts";
+import type { Tracer } from "./trace.ts";
 
 export interface RouteDeps {
   peerId: string;
@@ -26,6 +27,7 @@ export interface RouteDeps {
   estop: EstopService;
   detection: Detection;
   clock: HybridLogicalClock;
+  tracer: Tracer;
   stats: () => Record<string, number>;
 }
 
@@ -121,6 +123,11 @@ export function registerRoutes(router: Router, deps: RouteDeps): void {
     return { status: 202, body: { id, hlc } };
   });
   router.get("/estop", () => estop.status());
+  router.get("/traces", ({ url }) =>
+    deps.tracer.recent(intParam(url, "limit", 100, 1, 2000), {
+      traceId: url.searchParams.get("trace") ?? undefined,
+      prefix: url.searchParams.get("name") ?? undefined,
+    }));
   router.post("/estop", async ({ json }) => {
     const body = await json();
     const issued = await estop.issueStop({

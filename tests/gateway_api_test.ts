@@ -61,6 +61,40 @@ Deno.test("the HTTP API answers and malformed requests get 4xx with a JSON error
       assertEquals(response.status, status, `${init?.method ?? "GET"} ${path}`);
       assert(typeof response.body.error === "string", `${path}: JSON error body`);
     }
+    // A local stop: latched, recorded in the twin and traced under its id.
+    const stop = await postJson<{ id: string }>(gateway, "/estop", {
+      target: { asset: "api.arm-0" },
+      reason: "api test",
+    });
+    assertEquals(stop.status, 202);
+    assert(
+      await eventually(
+        async () =>
+          (await getJson<Array<{ id: string; latched: boolean }>>(gateway, "/assets")).some((a) =>
+            a.id === "api.arm-0" && a.latched
+          ),
+        3_000,
+      ),
+    );
+    const spans = await getJson<Array<{ name: string }>>(gateway, `/traces?trace=${stop.body.id}`);
+    const names = spans.map((s) => s.name).sort();
+    assert(
+      names.includes("estop.issue.stop") && names.includes("estop.act"),
+      `spans: ${names.join(",")}`,
+    );
+    const twin = await getJson<{ fields: Record<string, { value: unknown }> }>(
+      gateway,
+      "/twins/api.arm-0",
+    );
+    assertEquals(twin.fields.modes?.value, ["estop"]);
+    assertEquals(JSON.parse(String(twin.fields["estop.last"]?.value)).id, stop.body.id);
+    // A motion command while latched is refused: the stop wins.
+    const motion = await raw(base, "/twins/api.arm-0/commands", {
+      method: "POST",
+      body: JSON.stringify({ modes: { add: ["auto"] } }),
+    });
+    assertEquals(motion.status, 409);
+
     // Still alive after all that.
     assertEquals((await getJson<{ name: string }>(gateway, "/health")).name, "api");
   } finally {
