@@ -46,7 +46,11 @@ import {
   type TwinReplicaStats,
   UnknownTwinError,
 } from "../protocols/twin_replica.ts";
-import { runTwinSyncSession, TwinSyncSession } from "../protocols/twin_sync.ts";
+import {
+  runTwinSyncSession,
+  TwinSyncSession,
+  type TwinSyncTarget,
+} from "../protocols/twin_sync.ts";
 import { COMPACT_AFTER_CHUNKS, type TwinChunk, TwinStorage } from "./twin_storage.ts";
 
 export { UnknownTwinError } from "../protocols/twin_replica.ts";
@@ -60,6 +64,15 @@ export { TwinValidationError } from "../protocols/twin_model.ts";
  * per write; shorter intervals bring back per-write overhead on 2 shared cores.
  */
 export const PUBLISH_INTERVAL_MS = 25;
+/**
+ * A command is published on demand rather than at the next interval tick:
+ * the tick runs this long after the write (so a burst still lands in one
+ * change), and never sooner than {@link MIN_TICK_GAP_MS} after the previous
+ * tick (so a write storm cannot turn into one Automerge change per write).
+ * Together they keep write→visible within a few ms plus the network.
+ */
+export const COMMAND_COALESCE_MS = 1;
+export const MIN_TICK_GAP_MS = 5;
 /**
  * Anti-entropy: one sync session with a random connected peer this often.
  * Connection-time sync covers partitions; this covers gossip lost while
@@ -283,9 +296,14 @@ class DefaultTwinService implements TwinService {
   #commandViews = new Map<string, CommandView>();
   #syncStates = new Map<string, Map<string, TwinSyncState>>();
   #syncing = new Map<string, Promise<void>>();
+  /** Peers asked for a sync while one was running: it may be past its last round, so run again. */
+  #syncAgain = new Set<string>();
   #inbound = new Set<Promise<unknown>>();
   #timers: ReturnType<typeof setInterval>[] = [];
   #ticking: Promise<void> | undefined;
+  #tickAgain = false;
+  #soon: ReturnType<typeof setTimeout> | undefined;
+  #lastTickAtMs = 0;
   #abort = new AbortController();
   #started = false;
 
@@ -338,6 +356,8 @@ class DefaultTwinService implements TwinService {
     const { libp2p } = this.#components;
     for (const timer of this.#timers) clearInterval(timer);
     this.#timers = [];
+    clearTimeout(this.#soon);
+    this.#soon = undefined;
     libp2p.removeEventListener("peer:connect", this.#onPeerConnect);
     libp2p.services.pubsub.removeEventListener("message", this.#onGossip);
     for (const topic of this.#topics.keys()) libp2p.services.pubsub.unsubscribe(topic);
@@ -375,6 +395,7 @@ class DefaultTwinService implements TwinService {
     const writes = parseCommand(modelFor(state.meta.kind!), body);
     const hlc = this.#replica.write(id, writes, "any");
     if (this.#owned.has(id)) this.#deliverCommands(this.#replica.state(id));
+    this.#requestTick();
     return { hlc: formatTimestamp(hlc) };
   }
 
@@ -422,8 +443,14 @@ class DefaultTwinService implements TwinService {
   syncWith(peer: PeerId): Promise<void> {
     const key = peer.toString();
     const running = this.#syncing.get(key);
-    if (running) return running;
-    const session = this.#runOutbound(peer).finally(() => this.#syncing.delete(key));
+    if (running) {
+      this.#syncAgain.add(key);
+      return running;
+    }
+    const session = this.#runOutbound(peer).finally(() => {
+      this.#syncing.delete(key);
+      if (this.#syncAgain.delete(key) && this.#started) void this.syncWith(peer);
+    });
     this.#syncing.set(key, session);
     return session;
   }
@@ -439,7 +466,32 @@ class DefaultTwinService implements TwinService {
 
   #scheduleTick(): void {
     if (this.#ticking) return; // the previous tick is still publishing: skip, do not pile up
-    this.#ticking = this.#tick().finally(() => (this.#ticking = undefined));
+    this.#lastTickAtMs = performance.now();
+    this.#ticking = this.#tick().finally(() => {
+      this.#ticking = undefined;
+      if (this.#tickAgain) {
+        this.#tickAgain = false;
+        this.#requestTick();
+      }
+    });
+  }
+
+  /** Publishes a command soon (see {@link COMMAND_COALESCE_MS}). */
+  #requestTick(): void {
+    if (!this.#started) return;
+    if (this.#ticking) {
+      this.#tickAgain = true;
+      return;
+    }
+    if (this.#soon !== undefined) return;
+    const waitMs = Math.max(
+      COMMAND_COALESCE_MS,
+      this.#lastTickAtMs + MIN_TICK_GAP_MS - performance.now(),
+    );
+    this.#soon = setTimeout(() => {
+      this.#soon = undefined;
+      this.#scheduleTick();
+    }, waitMs);
   }
 
   async #tick(): Promise<void> {
@@ -447,8 +499,11 @@ class DefaultTwinService implements TwinService {
     for (const state of this.#replica.drainRemoteChanged()) {
       if (this.#owned.has(state.assetId)) this.#deliverCommands(state);
     }
-    this.#persist();
+    // Publish before the (fsync'ing) SQLite write: peers see the change a disk
+    // sync sooner, and durability is unchanged (writes are acknowledged before
+    // either happens; see the README).
     await this.#publish(flushed);
+    this.#persist();
   }
 
   async #publish(flushed: readonly FlushedChanges[]): Promise<void> {
@@ -611,11 +666,28 @@ class DefaultTwinService implements TwinService {
       return;
     }
     const needsSync = this.#replica.ingestGossip(batch);
-    if (needsSync && message.type === "signed" && message.from) {
-      // Missing dependencies: gossip lost something; fetch it from the sender.
-      void this.syncWith(message.from);
-    }
+    if (needsSync) this.#fetchMissing(message.type === "signed" ? message.from : undefined);
   };
+
+  /**
+   * Gossip brought changes with missing dependencies: fetch the gap by sync
+   * from the publisher when linked to it. Gossipsub relays across gateways,
+   * so the publisher is often not a neighbour (a bridge between factories):
+   * dialling it then fails for want of an address, and the gap would wait for
+   * anti-entropy. Any neighbour on the path has the gap or fetches it (and
+   * forwards it, see #forward), so sync with one of them instead.
+   */
+  #fetchMissing(publisher: PeerId | undefined): void {
+    const peers = this.#components.libp2p.getPeers();
+    const linked = publisher && peers.find((peer) => peer.equals(publisher));
+    if (linked) {
+      void this.syncWith(linked);
+      return;
+    }
+    if (peers.length === 0) return;
+    const random = this.#components.random ?? Math.random;
+    void this.syncWith(peers[Math.floor(random() * peers.length)]!);
+  }
 
   // --- sync sessions ---
 
@@ -660,14 +732,21 @@ class DefaultTwinService implements TwinService {
     }
     if (role === "responder") this.#counters.sync_sessions_inbound++;
     const states = this.#rememberedStates(peer);
-    const session = new TwinSyncSession(role, this.#replica, { states });
+    const changed = new Set<string>();
+    const session = new TwinSyncSession(role, this.#recordingTarget(changed), { states });
     const signal = AbortSignal.any([this.#abort.signal, AbortSignal.timeout(120_000)]);
     try {
       const result = await runTwinSyncSession(stream, session, { signal });
       this.#counters.sync_sessions++;
       this.#counters.sync_bytes_sent += result.bytesSent;
       this.#counters.sync_bytes_received += result.bytesReceived;
-      this.#components.logger.debug("twin sync session done", { peer, role, ...session.stats });
+      this.#components.logger.debug("twin sync session done", {
+        peer,
+        role,
+        twinsChanged: changed.size,
+        ...session.stats,
+      });
+      if (changed.size > 0) this.#forward(peer);
     } catch (error) {
       this.#counters.sync_sessions_failed++;
       const name = error instanceof Error ? error.name : "";
@@ -685,6 +764,40 @@ class DefaultTwinService implements TwinService {
       this.#syncStates.delete(peer); // do not trust half-updated states next time
     }
     // New remote changes are picked up by the next tick (commands, persistence).
+  }
+
+  /**
+   * Changes fetched by sync are not gossiped (only local writes are), so a
+   * peer that is not linked to where they came from would see them only at
+   * its next anti-entropy session, up to 30 s later: after a partition heals
+   * at a bridge gateway, the rest of each side would lag. So a session that
+   * brought anything new starts a session with every other connected peer;
+   * those that learn something in turn pass it on, and the cascade ends where
+   * a session brings nothing new (at most one running and one queued session
+   * per peer, see {@link syncWith}).
+   */
+  #forward(source: string): void {
+    if (!this.#started) return;
+    for (const peer of this.#components.libp2p.getPeers()) {
+      if (peer.toString() !== source) void this.syncWith(peer);
+    }
+  }
+
+  /** The replica as a sync target that notes which twins a session changed. */
+  #recordingTarget(changed: Set<string>): TwinSyncTarget {
+    const replica = this.#replica;
+    return {
+      factories: replica.factories,
+      listDocs: () => replica.listDocs(),
+      ensureDoc: (assetId, factory) => replica.ensureDoc(assetId, factory),
+      generateSyncMessage: (assetId, state) => replica.generateSyncMessage(assetId, state),
+      receiveSyncMessage: (assetId, state, message) => {
+        const before = replica.doc(assetId).heads().join();
+        const next = replica.receiveSyncMessage(assetId, state, message);
+        if (replica.doc(assetId).heads().join() !== before) changed.add(assetId);
+        return next;
+      },
+    };
   }
 
   /** Per-twin sync states for a peer, round-tripped through encode/decode (Automerge's rule for reuse). */

@@ -1,0 +1,452 @@
+/**
+ * `deno task bench twins`: write→visible latency of twin updates between the
+ * gateways of one factory.
+ *
+ * Three gateway processes (20 simulated arms each, linked by configured peers
+ * without mDNS) take setpoint commands over HTTP at 10 writes/s per arm (600/s
+ * in all for 60 arms), each write posted to the next gateway in turn. A sample
+ * of the writes (every `--sample-every`th) is followed on the two OTHER
+ * gateways: `GET /twins/:id` is polled until the field's HLC reaches the HLC
+ * the writing gateway acknowledged. The latency is from just before the POST
+ * is sent until the first GET that shows the write has been answered, so it
+ * includes the POST, one polling interval at most and one GET round trip
+ * (shown separately as "poll GET RTT"); "lower bound" ends at the send time
+ * of the successful poll instead. Each (arm, field) is written only every
+ * 400 ms, so a later write cannot stand in for the one being followed.
+ *
+ * Prints a table, then as the LAST stdout line
+ * `{"update_p50_ms","update_p99_ms",…}`. Target: p99 ≤ 20 ms.
+ *
+ * Options: `--duration-s n` (25), `--rate n` writes/s in all (600), `--assets n`
+ * per gateway (20), `--sample-every n` (10), `--poll-interval-ms n` (2),
+ * `--telemetry-hz n` (10; the gateway default is 100), `--keep` (keep logs).
+ *
+ * @example
+ * ```ts ignore
+ * import { main } from "./bench_twins.ts";
+ * await main(["--duration-s", "10"]);
+ * ```
+ *
+ * @module
+ */
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import {
+  delay,
+  freePort,
+  type GatewayProcess,
+  getJson,
+  spawnGateway,
+  stopGateway,
+  waitReady,
+} from "./mesh_processes.ts";
+// What the twin service uses unless the gateway passes `publishIntervalMs` (it does not).
+import { PUBLISH_INTERVAL_MS } from "../node/twin_service.ts";
+
+/** The report's JSON line. */
+export interface TwinsBenchReport {
+  update_p50_ms: number | null;
+  update_p99_ms: number | null;
+  update_lower_p99_ms: number | null;
+  post_p99_ms: number | null;
+  poll_rtt_p50_ms: number | null;
+  writes: number;
+  write_errors: number;
+  write_rate_per_s: number;
+  samples: number;
+  not_visible: number;
+  publish_interval_ms: number;
+  telemetry_hz: number;
+  gateway_cpu_cores: number | null;
+  load_average: number | null;
+}
+
+const GATEWAYS = 3;
+const SETPOINTS = ["weldCurrentA", "weldVoltageV", "wireFeedMps", "travelSpeedMmps"] as const;
+/** Values stay inside every field's range (wireFeedMps: 0–0.4). */
+const VALUE_STEPS: Readonly<Record<string, number>> = {
+  weldCurrentA: 1,
+  weldVoltageV: 0.1,
+  wireFeedMps: 0.001,
+  travelSpeedMmps: 0.5,
+};
+/** Writes are issued in ticks of this length (6 per tick at 600/s). */
+const TICK_MS = 10;
+/** POSTs in flight at most: beyond this the writer is behind and says so. */
+const MAX_WRITES_IN_FLIGHT = 64;
+/** A sampled write not visible after this long counts as not visible. */
+const VISIBLE_TIMEOUT_MS = 5_000;
+/** Writes in the first seconds (connections warming up) are not sampled. */
+const WARMUP_MS = 2_000;
+
+interface Sample {
+  /** Write issue → first poll that shows it, answered. */
+  visibleMs: number;
+  /** Write issue → that poll sent (the write was visible no later than the server saw it). */
+  lowerMs: number;
+}
+
+interface Options {
+  durationS: number;
+  rate: number;
+  assets: number;
+  sampleEvery: number;
+  pollIntervalMs: number;
+  telemetryHz: number;
+  keep: boolean;
+}
+
+function parseOptions(args: string[]): Options {
+  const { values } = parseArgs({
+    args: args.filter((a) => a !== "twins"),
+    options: {
+      "duration-s": { type: "string", default: "25" },
+      rate: { type: "string", default: "600" },
+      assets: { type: "string", default: "20" },
+      "sample-every": { type: "string", default: "10" },
+      "poll-interval-ms": { type: "string", default: "2" },
+      "telemetry-hz": { type: "string", default: "10" },
+      keep: { type: "boolean", default: false },
+    },
+  });
+  const number = (name: string, text: string, min: number) => {
+    const value = Number(text);
+    if (!Number.isFinite(value) || value < min) {
+      throw new Error(`--${name}: expected a number >= ${min}, got ${JSON.stringify(text)}`);
+    }
+    return value;
+  };
+  return {
+    durationS: number("duration-s", values["duration-s"], 3),
+    rate: number("rate", values.rate, 1),
+    assets: number("assets", values.assets, 1),
+    sampleEvery: number("sample-every", values["sample-every"], 1),
+    pollIntervalMs: number("poll-interval-ms", values["poll-interval-ms"], 0),
+    telemetryHz: number("telemetry-hz", values["telemetry-hz"], 0.1),
+    keep: values.keep,
+  };
+}
+
+function percentile(sorted: readonly number[], p: number): number | null {
+  if (sorted.length === 0) return null;
+  const index = Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1);
+  return round(sorted[Math.max(0, index)]!);
+}
+
+function round(ms: number): number {
+  return Math.round(ms * 10) / 10;
+}
+
+function startGateways(dir: string, factory: string, options: Options): GatewayProcess[] {
+  const ports = Array.from({ length: GATEWAYS }, () => freePort());
+  return ports.map((listenPort, i) =>
+    spawnGateway({
+      name: `b${i}`,
+      factory,
+      region: "bench",
+      dataDir: join(dir, `b${i}`),
+      listenPort,
+      httpPort: freePort(),
+      // Each links to the ones before it: a full mesh without mDNS.
+      peers: ports.slice(0, i).map((port) => `/ip4/127.0.0.1/tcp/${port}`),
+      extraArgs: [
+        "--no-mdns",
+        "--assets",
+        String(options.assets),
+        "--telemetry-hz",
+        String(options.telemetryHz),
+        "--log-level",
+        "warn",
+      ],
+      logFile: join(dir, `b${i}.log`),
+    })
+  );
+}
+
+async function waitMeshed(gateways: readonly GatewayProcess[], twins: number): Promise<void> {
+  const deadline = performance.now() + 30_000;
+  for (;;) {
+    const views = await Promise.all(gateways.map(async (g) => ({
+      peers: (await getJson<unknown[]>(g, "/peers")).length,
+      twins: (await getJson<unknown[]>(g, "/twins")).length,
+    })));
+    if (views.every((v) => v.peers === GATEWAYS - 1 && v.twins === twins)) return;
+    if (performance.now() > deadline) {
+      throw new Error(`gateways not meshed after 30 s: ${JSON.stringify(views)}`);
+    }
+    await delay(100);
+  }
+}
+
+interface TwinField {
+  hlc: string;
+}
+
+/** Polls `gateway` until `field` of `id` has an HLC >= `hlc`; null after the timeout. */
+async function followOn(
+  gateway: GatewayProcess,
+  id: string,
+  field: string,
+  hlc: string,
+  issuedAt: number,
+  pollIntervalMs: number,
+  pollRtts: number[],
+): Promise<Sample | null> {
+  const deadline = issuedAt + VISIBLE_TIMEOUT_MS;
+  while (performance.now() < deadline) {
+    const sentAt = performance.now();
+    const response = await fetch(`${gateway.http}/twins/${id}`);
+    const view = await response.json() as { fields?: Record<string, TwinField> };
+    const answeredAt = performance.now();
+    pollRtts.push(answeredAt - sentAt);
+    const seen = view.fields?.[field]?.hlc;
+    if (seen !== undefined && seen >= hlc) {
+      return { visibleMs: answeredAt - issuedAt, lowerMs: sentAt - issuedAt };
+    }
+    const waitMs = sentAt + pollIntervalMs - performance.now();
+    if (waitMs > 0) await delay(waitMs);
+  }
+  return null;
+}
+
+/** CPU seconds (user + system) a process has used so far; null where /proc is missing. */
+function cpuSeconds(pid: number): number | null {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const ticksPerS = 100; // USER_HZ on Linux
+    return (Number(fields[11]) + Number(fields[12])) / ticksPerS;
+  } catch {
+    return null;
+  }
+}
+
+function totalCpuSeconds(pids: readonly number[]): number | null {
+  let total = 0;
+  for (const pid of pids) {
+    const seconds = cpuSeconds(pid);
+    if (seconds === null) return null;
+    total += seconds;
+  }
+  return total;
+}
+
+/** 1-minute load average of the host (other processes compete for the same cores). */
+function loadAverage(): number | null {
+  try {
+    return Number(Deno.readTextFileSync("/proc/loadavg").split(" ")[0]);
+  } catch {
+    return null;
+  }
+}
+
+interface RunResult {
+  samples: Sample[];
+  postMs: number[];
+  pollRtts: number[];
+  writes: number;
+  writeErrors: number;
+  notVisible: number;
+  behindTicks: number;
+  elapsedS: number;
+  /** CPU seconds the gateways / this process used during the run. */
+  gatewayCpuS: number | null;
+  benchCpuS: number | null;
+  loadAverage: number | null;
+}
+
+/** Issues writes at the aggregate rate for the duration; follows every `sampleEvery`th. */
+async function run(gateways: readonly GatewayProcess[], options: Options): Promise<RunResult> {
+  const arms = gateways.flatMap((g) =>
+    Array.from({ length: options.assets }, (_, i) => `${g.spec.name}.arm-${i}`)
+  );
+  const result: RunResult = {
+    samples: [],
+    postMs: [],
+    pollRtts: [],
+    writes: 0,
+    writeErrors: 0,
+    notVisible: 0,
+    behindTicks: 0,
+    elapsedS: 0,
+    gatewayCpuS: null,
+    benchCpuS: null,
+    loadAverage: null,
+  };
+  const gatewayPids = gateways.map((g) => g.child.pid);
+  const gatewayCpuBefore = totalCpuSeconds(gatewayPids);
+  const benchCpuBefore = cpuSeconds(Deno.pid);
+  const follows: Promise<void>[] = [];
+  let inFlight = 0;
+  let seq = 0;
+  const write = async (index: number, measured: boolean) => {
+    const round = Math.floor(index / arms.length);
+    const id = arms[index % arms.length]!;
+    const setpoint = SETPOINTS[round % SETPOINTS.length]!;
+    const writer = gateways[(index + round) % gateways.length]!;
+    const value = (round % 200) * VALUE_STEPS[setpoint]!;
+    const issuedAt = performance.now();
+    inFlight++;
+    let hlc: string;
+    try {
+      const response = await fetch(`${writer.http}/twins/${id}/commands`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ setpoints: { [setpoint]: value } }),
+      });
+      const body = await response.json() as { hlc?: string };
+      if (response.status !== 202 || typeof body.hlc !== "string") {
+        result.writeErrors++;
+        return;
+      }
+      hlc = body.hlc;
+    } catch {
+      result.writeErrors++;
+      return;
+    } finally {
+      inFlight--;
+    }
+    result.writes++;
+    if (!measured) return;
+    result.postMs.push(performance.now() - issuedAt);
+    const field = `setpoints.${setpoint}`;
+    for (const observer of gateways) {
+      if (observer === writer) continue;
+      follows.push(
+        followOn(observer, id, field, hlc, issuedAt, options.pollIntervalMs, result.pollRtts)
+          .then((sample) => {
+            if (sample) result.samples.push(sample);
+            else result.notVisible++;
+          }),
+      );
+    }
+  };
+  const startedAt = performance.now();
+  const endAt = startedAt + options.durationS * 1000;
+  const writesPerMs = options.rate / 1000;
+  const pending: Promise<void>[] = [];
+  for (let tick = 0;; tick++) {
+    const tickAt = startedAt + tick * TICK_MS;
+    if (tickAt >= endAt) break;
+    const waitMs = tickAt - performance.now();
+    if (waitMs > 0) await delay(waitMs);
+    const due = Math.floor((tick + 1) * TICK_MS * writesPerMs);
+    if (inFlight > MAX_WRITES_IN_FLIGHT) {
+      result.behindTicks++;
+      continue; // the gateways do not keep up: skip (counted) instead of queueing without bound
+    }
+    const warm = performance.now() - startedAt >= WARMUP_MS;
+    for (; seq < due; seq++) {
+      pending.push(write(seq, warm && seq % options.sampleEvery === 0));
+    }
+  }
+  await Promise.all(pending);
+  result.elapsedS = (performance.now() - startedAt) / 1000;
+  await Promise.all(follows);
+  const gatewayCpuAfter = totalCpuSeconds(gatewayPids);
+  const benchCpuAfter = cpuSeconds(Deno.pid);
+  if (gatewayCpuBefore !== null && gatewayCpuAfter !== null) {
+    result.gatewayCpuS = gatewayCpuAfter - gatewayCpuBefore;
+  }
+  if (benchCpuBefore !== null && benchCpuAfter !== null) {
+    result.benchCpuS = benchCpuAfter - benchCpuBefore;
+  }
+  result.loadAverage = loadAverage();
+  return result;
+}
+
+function printTable(result: RunResult, options: Options): void {
+  const sorted = (values: number[]) => [...values].sort((a, b) => a - b);
+  const visible = sorted(result.samples.map((s) => s.visibleMs));
+  const lower = sorted(result.samples.map((s) => s.lowerMs));
+  const rows: Array<[string, number[]]> = [
+    ["write→visible on another gateway", visible],
+    ["  lower bound (successful poll sent)", lower],
+    ["POST /commands round trip", sorted(result.postMs)],
+    ["poll GET /twins/:id round trip", sorted(result.pollRtts)],
+  ];
+  console.log(
+    `\n# twins bench: ${GATEWAYS} gateways × ${options.assets} arms, ` +
+      `${options.rate} writes/s for ${options.durationS} s, telemetry ${options.telemetryHz} Hz, ` +
+      `poll every ${options.pollIntervalMs} ms`,
+  );
+  console.log("| ms | n | p50 | p90 | p99 | max |");
+  console.log("| --- | --- | --- | --- | --- | --- |");
+  for (const [name, values] of rows) {
+    console.log(
+      `| ${name} | ${values.length} | ${percentile(values, 50)} | ${percentile(values, 90)} | ` +
+        `${percentile(values, 99)} | ${percentile(values, 100)} |`,
+    );
+  }
+  console.log("");
+  console.log("| count | value |");
+  console.log("| --- | --- |");
+  console.log(`| writes acknowledged | ${result.writes} |`);
+  console.log(`| write errors | ${result.writeErrors} |`);
+  console.log(`| achieved writes/s | ${round(result.writes / result.elapsedS)} |`);
+  console.log(`| writer ticks skipped (gateways behind) | ${result.behindTicks} |`);
+  console.log(`| samples (write × other gateway) | ${result.samples.length} |`);
+  console.log(`| not visible within ${VISIBLE_TIMEOUT_MS} ms | ${result.notVisible} |`);
+  console.log(`| twin publish interval (gateway default) | ${PUBLISH_INTERVAL_MS} ms |`);
+  const perS = (cpuS: number | null) => cpuS === null ? "n/a" : round(cpuS / result.elapsedS);
+  console.log(`| gateway CPU, cores busy (all ${GATEWAYS}) | ${perS(result.gatewayCpuS)} |`);
+  console.log(
+    `| gateway CPU per acknowledged write | ${
+      result.gatewayCpuS === null
+        ? "n/a"
+        : `${round((result.gatewayCpuS * 1000) / result.writes)} ms`
+    } |`,
+  );
+  console.log(`| bench process CPU, cores busy | ${perS(result.benchCpuS)} |`);
+  console.log(
+    `| host cores / 1-min load average at the end | ${navigator.hardwareConcurrency} / ${
+      result.loadAverage ?? "n/a"
+    } |`,
+  );
+}
+
+/** Entry point for the bench dispatcher and for direct runs. */
+export async function main(args: string[]): Promise<TwinsBenchReport> {
+  const options = parseOptions(args);
+  const dir = Deno.makeTempDirSync({ prefix: "twinmesh-bench-twins-" });
+  const factory = `bench-twins-${crypto.randomUUID().slice(0, 6)}`;
+  const gateways = startGateways(dir, factory, options);
+  let result: RunResult;
+  try {
+    await Promise.all(gateways.map((g) => waitReady(g, 30_000)));
+    await waitMeshed(gateways, GATEWAYS * options.assets);
+    result = await run(gateways, options);
+  } finally {
+    await Promise.all(gateways.map((g) => stopGateway(g)));
+    if (options.keep) console.error(`bench twins: logs in ${dir}`);
+    else Deno.removeSync(dir, { recursive: true });
+  }
+  printTable(result, options);
+  const visible = result.samples.map((s) => s.visibleMs).sort((a, b) => a - b);
+  const lower = result.samples.map((s) => s.lowerMs).sort((a, b) => a - b);
+  const report: TwinsBenchReport = {
+    update_p50_ms: percentile(visible, 50),
+    update_p99_ms: percentile(visible, 99),
+    update_lower_p99_ms: percentile(lower, 99),
+    post_p99_ms: percentile([...result.postMs].sort((a, b) => a - b), 99),
+    poll_rtt_p50_ms: percentile([...result.pollRtts].sort((a, b) => a - b), 50),
+    writes: result.writes,
+    write_errors: result.writeErrors,
+    write_rate_per_s: round(result.writes / result.elapsedS),
+    samples: result.samples.length,
+    not_visible: result.notVisible,
+    publish_interval_ms: PUBLISH_INTERVAL_MS,
+    telemetry_hz: options.telemetryHz,
+    gateway_cpu_cores: result.gatewayCpuS === null
+      ? null
+      : round(result.gatewayCpuS / result.elapsedS),
+    load_average: result.loadAverage,
+  };
+  console.log(JSON.stringify(report));
+  return report;
+}
+
+if (import.meta.main) {
+  await main(Deno.args);
+}
