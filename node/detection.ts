@@ -10,6 +10,7 @@ import {
   AdoptionLedger,
   type AnomalyEvent,
   AssetDetector,
+  DenseModel,
   exportDetectorModel,
   ModelRejectedError,
   type TelemetrySample,
@@ -73,12 +74,14 @@ export class Detection {
     components: DetectionComponents,
   ) {
     this.#c = components;
+    const autoencoder = loadShippedAutoencoder(components.logger);
     for (const assetId of assetIds) {
       this.#detectors.set(
         assetId,
         new AssetDetector<Timestamp>({
           assetId,
           stamp: components.stamp,
+          ...(autoencoder ? { autoencoder } : {}),
           // Policy: only a confident spike may stop an arm; off unless configured.
           shouldStop: (e) => stopOnAnomaly && e.kind === "spike" && e.score >= 0.9,
         }),
@@ -201,5 +204,20 @@ export class Detection {
     if (this.#recent.length > MAX_RECENT_ANOMALIES) {
       this.#recent.splice(0, this.#recent.length - MAX_RECENT_ANOMALIES);
     }
+  }
+}
+
+/** The autoencoder `scripts/make_model.ts` trains and ships (TFLite, run on the TS dense path). */
+export const SHIPPED_MODEL_URL = new URL(
+  "../detect/models/weld_autoencoder.tflite",
+  import.meta.url,
+);
+
+function loadShippedAutoencoder(logger: Logger): DenseModel | undefined {
+  try {
+    return DenseModel.fromTflite(Deno.readFileSync(SHIPPED_MODEL_URL));
+  } catch (err) {
+    logger.warn("shipped autoencoder not loaded; reconstruction scores are off", { error: err });
+    return undefined;
   }
 }
