@@ -437,6 +437,8 @@ export function helpText(): string {
     const value = defaults[f.field];
     const shown = f.kind === "negate"
       ? "mdns on"
+      : f.field === "name"
+      ? `host name (${value})`
       : Array.isArray(value)
       ? (value.length ? value.join(",") : "none")
       : String(value);
