@@ -61,6 +61,7 @@ import {
   DEFAULT_PING_INTERVAL_MS,
   ESTOP_PROTOCOL,
   MAX_ESTOP_STREAMS_PER_CONNECTION,
+  MAX_PENDING_COMMANDS,
   MAX_RECENT_EVENTS,
   MAX_REOPEN_BACKOFF_MS,
   MAX_RESET_STOP_IDS,
@@ -371,6 +372,15 @@ class DefaultEstopService implements EstopService {
    * dial to that peer). Bounded by the mesh size.
    */
   readonly #everConnected = new Set<string>();
+  /**
+   * Asset stops whose owner this gateway did not know when they were issued (it had just
+   * started and not yet discovered the mesh): sent to the owner as soon as the directory
+   * names it. Bounded by MAX_PENDING_COMMANDS, kept until the replay window ends.
+   */
+  readonly #unresolved = new Map<
+    string,
+    { assetId: string; frame: Uint8Array; hlcWallMs: number; asked: readonly string[] }
+  >();
   #outboxInserts: OutboxRow[] = [];
   #outboxDeletes: { commandId: string; peer: string }[] = [];
   #outboxTimer: ReturnType<typeof setTimeout> | undefined;
@@ -532,6 +542,12 @@ class DefaultEstopService implements EstopService {
       const ack = { peer: this.#self, latencyMs: actedAtMs - issuedAtMs, status: "ok" as const };
       record.acks.push(ack);
     }
+    if (
+      params.target.kind === "asset" && local.length === 0 &&
+      this.#c.ownerOf(params.target.id) === undefined
+    ) {
+      this.#parkUnresolved(id, params.target.id, frame, hlc.wallMs, owners);
+    }
     this.#emit({ type: "issued", record: { ...record } });
     // Assets of this gateway latched by its own stop: the same event as for a received one.
     if (local.length > 0) this.#emit({ type: "latched", record: { ...record } });
@@ -680,6 +696,7 @@ class DefaultEstopService implements EstopService {
     for (const peer of this.#wantedPeers()) {
       if (!this.#hasOutbound(peer)) this.#ensureStream(peer);
     }
+    this.#resolveParked(nowMs);
     if (!stalled) this.#onWatchdog(this.#watchdog.tick(nowMs));
     if (nowMs - this.#lastPruneAtMs > PRUNE_INTERVAL_MS) {
       this.#lastPruneAtMs = nowMs;
@@ -727,13 +744,18 @@ class DefaultEstopService implements EstopService {
         stream.abort(new Error("e-stop service stopped"));
         return;
       }
-      const connection = this.#c.libp2p.getConnections(peerId).find((c) =>
-        c.streams.includes(stream)
-      ) ?? this.#c.libp2p.getConnections(peerId)[0];
-      assert(connection !== undefined, "a dialled stream has a connection");
+      const connections = this.#c.libp2p.getConnections(peerId);
+      const connection = connections.find((c) => c.streams.includes(stream)) ?? connections[0];
+      if (connection === undefined) {
+        // The connection closed between the dial and now (two gateways dialling each
+        // other at once, one duplicate is closed): not an invariant, a failed open.
+        stream.abort(new Error("e-stop stream lost its connection"));
+        throw new Error("connection closed before the e-stop stream was attached");
+      }
       this.#reopen.delete(peer);
       this.#attach(stream, connection);
-    }, (err: Error) => {
+    }).catch((err: Error) => {
+      // Also catches a throw while attaching: an unhandled rejection would end the process.
       this.#dialing.delete(peer);
       this.#count("stream_open_failures");
       const failures = (this.#reopen.get(peer)?.failures ?? 0) + 1;
@@ -776,6 +798,7 @@ class DefaultEstopService implements EstopService {
     this.#write(state, encodePing(++state.pingNonce));
     this.#c.logger.debug("e-stop stream open", { peer, direction: stream.direction });
     if (!wasLinked) this.#perform(this.#dispatcher.linkUp(peer, this.#nowMs(), this.#links));
+    if (!wasLinked) this.#resolveParked(this.#nowMs());
   }
 
   #detach(state: StreamState, error: Error | undefined): void {
@@ -1230,6 +1253,70 @@ class DefaultEstopService implements EstopService {
       owners = this.#c.gatewaysIn(target);
     }
     return [...new Set(owners)].filter((peer) => peer !== this.#self);
+  }
+
+  #parkUnresolved(
+    id: string,
+    assetId: string,
+    frame: Uint8Array,
+    hlcWallMs: number,
+    asked: readonly string[],
+  ): void {
+    // Bounded: beyond the maximum the oldest parked stop is given up, loudly.
+    while (this.#unresolved.size >= MAX_PENDING_COMMANDS) {
+      const [oldId, old] = this.#unresolved.entries().next().value!;
+      this.#giveUpParked(oldId, old.assetId, "overflow");
+    }
+    this.#unresolved.set(id, { assetId, frame, hlcWallMs, asked });
+    this.#c.logger.warn("e-stop target's owner unknown; delivering as soon as it is known", {
+      id,
+      assetId,
+      askedMeanwhile: asked.length,
+    });
+    // Last resort meanwhile: only the owner acts on an asset stop seen on gossip.
+    if (this.#c.publishGossip) {
+      this.#count("gossip_sent");
+      this.#c.publishGossip(frame);
+    }
+  }
+
+  /** Sends parked stops to owners the directory has learned since. */
+  #resolveParked(nowMs: number): void {
+    for (const [id, parked] of this.#unresolved) {
+      if (nowMs - parked.hlcWallMs > this.#init.commandMaxAgeMs) {
+        this.#giveUpParked(id, parked.assetId, "window");
+        continue;
+      }
+      const owner = this.#c.ownerOf(parked.assetId);
+      if (owner === undefined) continue;
+      this.#unresolved.delete(id);
+      if (owner === this.#self || parked.asked.includes(owner)) continue;
+      this.#c.logger.info("e-stop target's owner now known; sending", {
+        id,
+        assetId: parked.assetId,
+        owner,
+      });
+      const record = this.#recent.get(id);
+      if (record && !record.missing.includes(owner)) record.missing.push(owner);
+      this.#perform(this.#dispatcher.addOwners(
+        { id, type: "stop", frame: parked.frame, owners: [owner], hlcWallMs: parked.hlcWallMs },
+        nowMs,
+        this.#links,
+      ));
+      this.#queueOutbox([owner], id, "stop", parked.frame, parked.hlcWallMs);
+      this.#scheduleDispatch();
+    }
+  }
+
+  #giveUpParked(id: string, assetId: string, why: "window" | "overflow"): void {
+    this.#unresolved.delete(id);
+    this.#count(why === "overflow" ? "outbox_overflow" : "undeliverable_dropped");
+    this.#c.logger.error("e-stop given up: its target's owner never became known", {
+      id,
+      assetId,
+      why,
+    });
+    this.#emit({ type: "undeliverable", id, peer: `owner of ${assetId}`, why });
   }
 
   #perform(actions: readonly DispatchAction[]): void {

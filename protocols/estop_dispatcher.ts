@@ -204,6 +204,26 @@ export class EstopDispatcher {
     return actions;
   }
 
+  /**
+   * Adds owners to a command sent before they were known (an asset stop whose owner the origin
+   * learned only later): tracked and retried like the first ones. Issues the command afresh
+   * when it is no longer pending (every earlier owner acked, or there was none).
+   */
+  addOwners(command: DispatchCommand, nowMs: number, links: LinkView): DispatchAction[] {
+    const pending = this.#pending.get(command.id);
+    if (!pending) return this.issue(command, nowMs, links);
+    const actions: DispatchAction[] = [];
+    for (const peer of new Set(command.owners)) {
+      if (pending.owners.has(peer)) continue;
+      const state: OwnerState = { ack: undefined, attempts: 0, nextAttemptAtMs: nowMs };
+      pending.owners.set(peer, state);
+      this.#unackedCount++;
+      this.#attempt(pending, peer, state, nowMs, links, actions);
+    }
+    this.#enforceBounds(actions);
+    return actions;
+  }
+
   /** Records an owner's (verified) ack. */
   ack(id: string, peer: string, status: AckStatus, nowMs: number): AckOutcome {
     const pending = this.#pending.get(id);
