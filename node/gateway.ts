@@ -115,9 +115,10 @@ async function assemble(
   try {
     await libp2p.start();
   } catch (err) {
-    throw new Error(
-      `cannot start libp2p on ${config.listen.join(", ")} (--listen): ${(err as Error).message}`,
-    );
+    // libp2p's message embeds a stack trace; the cause line is what an operator needs.
+    const cause = /EADDRINUSE|EADDRNOTAVAIL|EACCES/.exec((err as Error).message)?.[0] ??
+      (err as Error).message.split("\n")[0];
+    throw new Error(`cannot start libp2p on ${config.listen.join(", ")} (--listen): ${cause}`);
   }
   const mesh = new Mesh({ self: identity, peers: config.peers }, {
     libp2p,

@@ -72,6 +72,8 @@ export const PUBLISH_INTERVAL_MS = 25;
  * Together they keep write→visible within a few ms plus the network.
  */
 export const COMMAND_COALESCE_MS = 1;
+/** At most one sync cascade (see `#forward`) per this interval. */
+export const FORWARD_MIN_INTERVAL_MS = 10_000;
 export const MIN_TICK_GAP_MS = 5;
 /**
  * Anti-entropy: one sync session with a random connected peer this often.
@@ -304,6 +306,7 @@ class DefaultTwinService implements TwinService {
   #tickAgain = false;
   #soon: ReturnType<typeof setTimeout> | undefined;
   #lastTickAtMs = 0;
+  #lastForwardAtMs = -Infinity;
   #abort = new AbortController();
   #started = false;
 
@@ -778,6 +781,12 @@ class DefaultTwinService implements TwinService {
    */
   #forward(source: string): void {
     if (!this.#started) return;
+    // While writes flow, nearly every session brings something new (live
+    // changes that gossip also carries); forwarding each time would keep
+    // N−1 sessions per gateway running forever. A catch-up needs one pass.
+    const now = performance.now();
+    if (now - this.#lastForwardAtMs < FORWARD_MIN_INTERVAL_MS) return;
+    this.#lastForwardAtMs = now;
     for (const peer of this.#components.libp2p.getPeers()) {
       if (peer.toString() !== source) void this.syncWith(peer);
     }
@@ -791,6 +800,7 @@ class DefaultTwinService implements TwinService {
       listDocs: () => replica.listDocs(),
       ensureDoc: (assetId, factory) => replica.ensureDoc(assetId, factory),
       generateSyncMessage: (assetId, state) => replica.generateSyncMessage(assetId, state),
+      heads: (assetId) => replica.heads(assetId),
       receiveSyncMessage: (assetId, state, message) => {
         const before = replica.doc(assetId).heads().join();
         const next = replica.receiveSyncMessage(assetId, state, message);

@@ -420,7 +420,11 @@ export function parseMeasured(model: TwinModel, update: MeasuredUpdate): TwinWri
   }
   if (update.estop !== undefined) {
     writes.push(
-      validateWrite(model, { op: "set", field: "estop.last", value: update.estop as TwinValue }, "owner"),
+      validateWrite(
+        model,
+        { op: "set", field: "estop.last", value: update.estop as TwinValue },
+        "owner",
+      ),
     );
   }
   return writes;

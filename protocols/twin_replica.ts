@@ -326,6 +326,10 @@ export class TwinReplica implements TwinSyncTarget {
     return this.#entry(assetId).doc.generateSyncMessage(state);
   }
 
+  heads(assetId: string): string {
+    return this.#entry(assetId).doc.heads().join(",");
+  }
+
   receiveSyncMessage(assetId: string, state: TwinSyncState, message: Uint8Array): TwinSyncState {
     const doc = this.#entry(assetId).doc;
     const before = doc.heads();

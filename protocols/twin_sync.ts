@@ -54,6 +54,18 @@ export const MAX_ROUND_BYTES = 8 * 1024 * 1024;
  * backlog of 20 arms is well under 200. A peer that never converges is cut off here.
  */
 export const MAX_SYNC_ROUNDS = 1_000;
+/**
+ * A session exists to catch up; live changes travel by gossip. While writes
+ * keep flowing, two empty rounds in a row may never happen, and a session
+ * would echo every live change forever (N−1 sessions per gateway, each one
+ * doing gossip's work again). So after this many rounds (sent plus received,
+ * the same count on both sides), a round of less than {@link TRICKLE_BYTES}
+ * counts as quiet, like an empty one before: two quiet rounds in a row end
+ * the session on both sides at once.
+ */
+export const CATCH_UP_ROUNDS = 8;
+/** Below this, a round is live trickle, not backlog (one change ≈ 100–300 B). */
+export const TRICKLE_BYTES = 2 * 1024;
 /** A session that has not finished after this long is aborted (2 min ≈ 150 MB at 10 Mbit/s). */
 export const SYNC_SESSION_TIMEOUT_MS = 120_000;
 
@@ -68,6 +80,11 @@ export interface TwinSyncTarget {
   generateSyncMessage(assetId: string, state: TwinSyncState): [TwinSyncState, Uint8Array | null];
   /** Applies a peer's sync message; throws when it is invalid. */
   receiveSyncMessage(assetId: string, state: TwinSyncState, message: Uint8Array): TwinSyncState;
+  /**
+   * The twin's current heads, joined: lets a round skip twins that neither
+   * changed nor heard from the peer (Automerge would have nothing to say).
+   */
+  heads?(assetId: string): string;
 }
 
 /** The peer broke the session protocol; the session is abandoned. */
@@ -98,9 +115,15 @@ export class TwinSyncSession {
   #phase: Phase = "start";
   #docs: string[] = [];
   #states = new Map<string, TwinSyncState>();
+  /** Per twin: heads when we last generated a message, and whether the peer spoke since. */
+  readonly #lastHeads = new Map<string, string>();
+  readonly #heardFrom = new Set<string>();
   #outgoing: SyncFrame[] = [];
   #incoming = new Map<string, { parts: number; chunks: Uint8Array[]; bytes: number }>();
   #receivedInRound = 0;
+  #bytesInRound = 0;
+  /** Rounds sent plus rounds received: equal on both sides after each round. */
+  #exchanged = 0;
   #lastSentEmpty = false;
   #maxRounds: number;
 
@@ -155,8 +178,10 @@ export class TwinSyncSession {
       this.#receiveChunk(frame);
       return [];
     }
-    const peerEmpty = this.#receivedInRound === 0;
+    this.#exchanged++;
+    const peerEmpty = this.#quiet(this.#receivedInRound, this.#bytesInRound);
     this.#receivedInRound = 0;
+    this.#bytesInRound = 0;
     this.stats.rounds++;
     if (peerEmpty && this.#lastSentEmpty) {
       this.#phase = "done";
@@ -189,6 +214,7 @@ export class TwinSyncSession {
 
   #receiveChunk(frame: Extract<SyncFrame, { type: "sync" }>): void {
     this.#receivedInRound++;
+    this.#bytesInRound += frame.bytes.length;
     if (!this.#docs.includes(frame.assetId)) {
       // A twin the peer shares but we could not hold (limit): skip its dialogue.
       this.stats.framesIgnored++;
@@ -218,7 +244,17 @@ export class TwinSyncSession {
       : concat(partial.chunks, partial.bytes);
     const state = this.#states.get(frame.assetId) ?? Automerge.initSyncState();
     this.#states.set(frame.assetId, this.#target.receiveSyncMessage(frame.assetId, state, message));
+    this.#heardFrom.add(frame.assetId);
     this.stats.messagesReceived++;
+  }
+
+  /** Empty; or, once the backlog rounds are over, live trickle (see CATCH_UP_ROUNDS). */
+  #quiet(frames: number, bytes: number): boolean {
+    return frames === 0 || (this.#exchanged >= CATCH_UP_ROUNDS && bytes < TRICKLE_BYTES);
+  }
+
+  #unchanged(assetId: string, heads: string): boolean {
+    return this.#lastHeads.get(assetId) === heads && !this.#heardFrom.has(assetId);
   }
 
   #round(peerEmpty: boolean): SyncFrame[] {
@@ -230,9 +266,16 @@ export class TwinSyncSession {
     for (const frame of this.#outgoing) if (frame.type === "sync") busy.add(frame.assetId);
     for (const assetId of this.#docs) {
       if (busy.has(assetId)) continue; // the previous message is still being sent
+      // Unchanged since our last message and nothing heard: Automerge would
+      // return null. Skipping keeps a live session's rounds proportional to
+      // the change rate instead of to the number of twins.
+      const heads = this.#target.heads?.(assetId);
+      if (heads !== undefined && this.#unchanged(assetId, heads)) continue;
       const state = this.#states.get(assetId) ?? Automerge.initSyncState();
       const [next, message] = this.#target.generateSyncMessage(assetId, state);
       this.#states.set(assetId, next);
+      if (heads !== undefined) this.#lastHeads.set(assetId, heads);
+      this.#heardFrom.delete(assetId);
       if (message) {
         this.#outgoing.push(...chunkSyncMessage(assetId, message));
         this.stats.messagesSent++;
@@ -245,7 +288,8 @@ export class TwinSyncSession {
       bytes += frame.type === "sync" ? frame.bytes.length : 0;
       frames.push(frame);
     }
-    this.#lastSentEmpty = frames.length === 0;
+    this.#exchanged++;
+    this.#lastSentEmpty = this.#quiet(frames.length, bytes);
     if (peerEmpty && this.#lastSentEmpty) this.#phase = "done";
     frames.push({ type: "end-round" });
     return frames;
