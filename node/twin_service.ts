@@ -74,6 +74,8 @@ export const PUBLISH_INTERVAL_MS = 25;
 export const COMMAND_COALESCE_MS = 1;
 /** At most one sync cascade (see `#forward`) per this interval. */
 export const FORWARD_MIN_INTERVAL_MS = 10_000;
+/** A session that received this much carried a backlog (live trickle is ~100 B per change). */
+export const FORWARD_BACKLOG_BYTES = 16 * 1024;
 export const MIN_TICK_GAP_MS = 5;
 /**
  * Anti-entropy: one sync session with a random connected peer this often.
@@ -736,7 +738,8 @@ class DefaultTwinService implements TwinService {
     if (role === "responder") this.#counters.sync_sessions_inbound++;
     const states = this.#rememberedStates(peer);
     const changed = new Set<string>();
-    const session = new TwinSyncSession(role, this.#recordingTarget(changed), { states });
+    const created = new Set<string>();
+    const session = new TwinSyncSession(role, this.#recordingTarget(changed, created), { states });
     const signal = AbortSignal.any([this.#abort.signal, AbortSignal.timeout(120_000)]);
     try {
       const result = await runTwinSyncSession(stream, session, { signal });
@@ -749,7 +752,9 @@ class DefaultTwinService implements TwinService {
         twinsChanged: changed.size,
         ...session.stats,
       });
-      if (changed.size > 0) this.#forward(peer);
+      // New twins or a real backlog are passed on at once; a live trickle at most every FORWARD_MIN_INTERVAL_MS.
+      const urgent = created.size > 0 || result.bytesReceived >= FORWARD_BACKLOG_BYTES;
+      if (changed.size > 0) this.#forward(peer, urgent);
     } catch (error) {
       this.#counters.sync_sessions_failed++;
       const name = error instanceof Error ? error.name : "";
@@ -779,13 +784,13 @@ class DefaultTwinService implements TwinService {
    * a session brings nothing new (at most one running and one queued session
    * per peer, see {@link syncWith}).
    */
-  #forward(source: string): void {
+  #forward(source: string, urgent: boolean): void {
     if (!this.#started) return;
     // While writes flow, nearly every session brings something new (live
     // changes that gossip also carries); forwarding each time would keep
     // N−1 sessions per gateway running forever. A catch-up needs one pass.
     const now = performance.now();
-    if (now - this.#lastForwardAtMs < FORWARD_MIN_INTERVAL_MS) return;
+    if (!urgent && now - this.#lastForwardAtMs < FORWARD_MIN_INTERVAL_MS) return;
     this.#lastForwardAtMs = now;
     for (const peer of this.#components.libp2p.getPeers()) {
       if (peer.toString() !== source) void this.syncWith(peer);
@@ -793,12 +798,17 @@ class DefaultTwinService implements TwinService {
   }
 
   /** The replica as a sync target that notes which twins a session changed. */
-  #recordingTarget(changed: Set<string>): TwinSyncTarget {
+  #recordingTarget(changed: Set<string>, created: Set<string>): TwinSyncTarget {
     const replica = this.#replica;
     return {
       factories: replica.factories,
       listDocs: () => replica.listDocs(),
-      ensureDoc: (assetId, factory) => replica.ensureDoc(assetId, factory),
+      ensureDoc: (assetId, factory) => {
+        const known = replica.has(assetId);
+        const ok = replica.ensureDoc(assetId, factory);
+        if (ok && !known) created.add(assetId);
+        return ok;
+      },
       generateSyncMessage: (assetId, state) => replica.generateSyncMessage(assetId, state),
       heads: (assetId) => replica.heads(assetId),
       receiveSyncMessage: (assetId, state, message) => {
