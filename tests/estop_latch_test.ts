@@ -123,7 +123,8 @@ Deno.test("any interleaving of stops and resets keeps every unnamed or later sto
         const r = { ...reset(5000 + i, wallMs, names) };
         latch.applyReset(r, o.operator, NOW_MS);
         for (const stopId of before) {
-          const clearable: boolean = o.operator && names.includes(stopId) && stopHlc.get(stopId)! < wallMs;
+          const clearable: boolean = o.operator && names.includes(stopId) &&
+            stopHlc.get(stopId)! < wallMs;
           const still = latch.entriesFor("a").some((e) => e.stopId === stopId);
           assert(clearable || still, "a latched stop stays latched unless validly reset");
         }
