@@ -265,9 +265,10 @@ export class Mesh {
       const delay = Math.min(REDIAL_MAX_MS, REDIAL_MIN_MS * 2 ** peer.attempt);
       // Log the first failure and then only every 10th, so a long outage does not flood the log.
       if (peer.attempt % 10 === 0) {
+        const reason = await explainDialFailure(peer.address, err);
         this.#log.warn("configured peer unreachable; retrying", {
           address: peer.address.toString(),
-          error: describeDialError(err),
+          error: reason,
           retryMs: delay,
           attempt: peer.attempt + 1,
         });
@@ -310,4 +311,32 @@ export function describeDialError(err: unknown): string {
     return `${message} (mesh key mismatch, or not a twinmesh gateway)`;
   }
   return message;
+}
+
+/** A TCP connect probe may take this long (it only runs on logged failures). */
+const TCP_PROBE_TIMEOUT_MS = 1_000;
+
+/**
+ * A timed-out dial says nothing about where it failed. If plain TCP to the
+ * address works, the libp2p handshake is what failed: with a private network
+ * that is the mesh key, so say so.
+ */
+async function explainDialFailure(address: Multiaddr, err: unknown): Promise<string> {
+  const text = describeDialError(err);
+  if (!/timeout|timed out|aborted/i.test(text)) return text;
+  const match = /^\/(?:ip4|ip6|dns4|dns6|dns)\/([^/]+)\/tcp\/(\d+)/.exec(address.toString());
+  if (!match) return text;
+  try {
+    const conn = await Deno.connect({
+      hostname: match[1]!,
+      port: Number(match[2]),
+      signal: AbortSignal.timeout(TCP_PROBE_TIMEOUT_MS),
+    });
+    conn.close();
+    return `${text}; TCP to ${match[1]}:${
+      match[2]
+    } works, so the libp2p handshake failed (mesh key mismatch, or not a twinmesh gateway)`;
+  } catch {
+    return `${text}; no TCP connection to ${match[1]}:${match[2]} either`;
+  }
 }
