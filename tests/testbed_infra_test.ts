@@ -16,8 +16,8 @@ import {
   findMarkedPids,
   isAlive,
   killHard,
-  readRecord,
   restartProcess,
+  spawnProcess,
 } from "../scripts/testbed/procs.ts";
 import { statePaths } from "../scripts/testbed/state.ts";
 import { TestbedBusyError, TestbedUnavailableError } from "../scripts/testbed/errors.ts";
@@ -108,11 +108,17 @@ Deno.test({
         );
       });
       await t.step("a tracked process can be killed -9 and restarted", async () => {
-        const before = await readRecord(paths, "wg-r2");
-        check(before !== undefined && isAlive(before), "wg-r2 runs");
-        check(await killHard(paths, "wg-r2"), "kill -9 reported a kill");
-        check(!isAlive(before), "wg-r2 is gone");
-        const after = await restartProcess(paths, "wg-r2");
+        // A plain process: restarting wireguard-go right after kill -9 can race the
+        // removal of its tun device, which says nothing about the process tracking.
+        const before = await spawnProcess(paths, {
+          name: "probe-sleep",
+          ns: "tm-r1-g1",
+          argv: ["sleep", "300"],
+        });
+        check(isAlive(before), "the probe runs");
+        check(await killHard(paths, "probe-sleep"), "kill -9 reported a kill");
+        check(!isAlive(before), "the probe is gone");
+        const after = await restartProcess(paths, "probe-sleep");
         check(isAlive(after) && after.pid !== before.pid && after.starts === 2, "restarted");
       });
     } finally {
