@@ -126,7 +126,16 @@ export function createEstopStorage(db: DatabaseSync): EstopStorage {
   };
   let seq = Number(maxSeq.seq);
 
+  /**
+   * E-stop records are committed with synchronous=FULL (fsync before the
+   * commit returns), whatever the connection's default: a latch must survive
+   * power loss, not only a crash. The gateway runs the shared connection at
+   * NORMAL so that twin persistence does not fsync on the event loop.
+   */
   function transaction(work: () => void): void {
+    const previous =
+      (db.prepare("PRAGMA synchronous").get() as { synchronous: number }).synchronous;
+    db.exec("PRAGMA synchronous = FULL");
     db.exec("BEGIN IMMEDIATE");
     try {
       work();
@@ -134,6 +143,8 @@ export function createEstopStorage(db: DatabaseSync): EstopStorage {
     } catch (err) {
       db.exec("ROLLBACK");
       throw err;
+    } finally {
+      db.exec(`PRAGMA synchronous = ${Number(previous)}`);
     }
   }
 

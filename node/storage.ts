@@ -44,8 +44,11 @@ export function openStore(dataDir: string): GatewayStore {
     db.exec("PRAGMA busy_timeout = 0");
     db.exec("PRAGMA locking_mode = EXCLUSIVE");
     db.exec("PRAGMA journal_mode = WAL");
-    // FULL: a commit is on disk before we ack it (e-stop latches, twin writes).
-    db.exec("PRAGMA synchronous = FULL");
+    // NORMAL in WAL mode: a commit survives a crash of this process (kill -9)
+    // but may be lost on power failure, and commits do not fsync on the event
+    // loop. Twins tolerate that (peers hold them too); e-stop records switch
+    // to FULL for their own transactions (node/estop_storage.ts).
+    db.exec("PRAGMA synchronous = NORMAL");
     // Taking a write lock now makes exclusive mode hold it from here on.
     db.exec(
       "BEGIN EXCLUSIVE; CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); COMMIT",

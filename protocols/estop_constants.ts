@@ -110,10 +110,14 @@ export const MAX_RELAY_FANOUT = 2;
 export const DEFAULT_PING_INTERVAL_MS = 250;
 
 /**
- * A stream with nothing received for this long (six heartbeats) no longer
- * counts as a live link and is replaced. Watchdog timeouts should be longer.
+ * A stream with nothing received for this long (twelve heartbeats) no longer
+ * counts as a live link and is replaced. Not shorter: on a loaded gateway a
+ * peer's pongs can lag by a second or more, and replacing healthy streams
+ * then only adds work (seen with 10 gateways on 2 cores). Delivery does not
+ * wait for this: an unacked stop is retried over other paths within ms, and a
+ * crashed peer's TCP connection closes at once. Watchdog timeouts should be longer.
  */
-export const DEFAULT_LINK_TIMEOUT_MS = 1_500;
+export const DEFAULT_LINK_TIMEOUT_MS = 3_000;
 
 /** Reopening a dropped stream backs off from 0 up to this, so a dead peer is not hammered. */
 export const MAX_REOPEN_BACKOFF_MS = 2_000;
