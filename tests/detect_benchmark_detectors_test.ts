@@ -12,7 +12,7 @@ import {
   assertGreater,
   assertLessOrEqual,
   assertThrows,
-} from "../detect/test_assert.ts";
+} from "./detect_assert.ts";
 import {
   AnomalyLikelihood,
   gaussianTail,

@@ -1,4 +1,4 @@
-import { assert, assertAlmostEquals, assertEquals } from "../detect/test_assert.ts";
+import { assert, assertAlmostEquals, assertEquals } from "./detect_assert.ts";
 import { parseNabCsv, parseNabWindows, parseSkabCsv } from "../detect/benchmark_data.ts";
 import {
   type NabFileResult,

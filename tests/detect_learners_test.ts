@@ -5,7 +5,7 @@ import {
   assertGreater,
   assertLessOrEqual,
   assertThrows,
-} from "../detect/test_assert.ts";
+} from "./detect_assert.ts";
 import { Adwin } from "../detect/adwin.ts";
 import { DetectInputError } from "../detect/errors.ts";
 import { HalfSpaceTrees } from "../detect/half_space_trees.ts";

@@ -1,5 +1,5 @@
 import { generateKeyPair } from "@libp2p/crypto/keys";
-import { assert, assertEquals, assertLessOrEqual, assertRejects } from "../detect/test_assert.ts";
+import { assert, assertEquals, assertLessOrEqual, assertRejects } from "./detect_assert.ts";
 import { ModelRejectedError } from "../detect/errors.ts";
 import {
   decodeModel,

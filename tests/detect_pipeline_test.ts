@@ -4,7 +4,7 @@ import {
   assertGreater,
   assertLessOrEqual,
   assertThrows,
-} from "../detect/test_assert.ts";
+} from "./detect_assert.ts";
 import { DetectInputError } from "../detect/errors.ts";
 import { AssetDetector } from "../detect/pipeline.ts";
 import { DenseModel } from "../detect/tflite_dense.ts";

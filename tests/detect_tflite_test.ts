@@ -1,4 +1,4 @@
-import { assert, assertAlmostEquals, assertEquals, assertThrows } from "../detect/test_assert.ts";
+import { assert, assertAlmostEquals, assertEquals, assertThrows } from "./detect_assert.ts";
 import type { DenseLayer } from "../detect/dense_layer.ts";
 import { DetectInputError, TfliteModelError } from "../detect/errors.ts";
 import { LiteRtModel } from "../detect/litert.ts";
