@@ -19,6 +19,7 @@ import {
   type EstopServiceInit,
   type EstopTarget,
 } from "../node/estop_service.ts";
+import { waitUntil } from "./wait.ts";
 
 /** Records every adapter stop: which assets, and when (wall ms, sub-ms). */
 export interface FakeAdapter {
@@ -212,18 +213,12 @@ export async function heal(a: TestGateway, b: TestGateway): Promise<void> {
 }
 
 /** Polls `condition` every few ms until it holds or `timeoutMs` passes. */
-export async function waitFor(
+export function waitFor(
   condition: () => boolean,
   timeoutMs = 5_000,
   what = "condition",
 ): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
+  return waitUntil(condition, timeoutMs, what, 5);
 }
 
 /** Waits until every gateway has a live e-stop link to every other. */

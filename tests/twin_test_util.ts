@@ -12,6 +12,7 @@ import { noise } from "@chainsafe/libp2p-noise";
 import { yamux } from "@chainsafe/libp2p-yamux";
 import { identify } from "@libp2p/identify";
 import { gossipsub } from "@libp2p/gossipsub";
+import { waitUntil } from "./wait.ts";
 
 /** A wall clock tests move by hand. */
 export class FakeWallClock {
@@ -91,18 +92,12 @@ export async function makeTestNode() {
 export type TestNode = Awaited<ReturnType<typeof makeTestNode>>;
 
 /** Polls `condition` every 20 ms until it holds or `timeoutMs` passes. */
-export async function eventually(
+export function eventually(
   condition: () => boolean,
   timeoutMs = 10_000,
   what = "condition",
 ): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
+  return waitUntil(condition, timeoutMs, what, 20);
 }
 
 /** Seed for property tests: `TWINMESH_SEED` when set, else random (printed to replay). */
