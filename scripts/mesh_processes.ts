@@ -156,12 +156,23 @@ export function tail(path: string, lines = 20): string {
   }
 }
 
-/** A free TCP port on 127.0.0.1 (bind to 0, read, release). */
+/** Ports this process has handed out: never handed out twice (a released port can come back). */
+const handedOut = new Set<number>();
+/** Attempts to find a port not handed out before; the ephemeral range is large. */
+const FREE_PORT_ATTEMPTS = 100;
+
+/** A free TCP port on 127.0.0.1 (bind to 0, read, release), unique within this process. */
 export function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
+  for (let attempt = 0; attempt < FREE_PORT_ATTEMPTS; attempt++) {
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = (listener.addr as Deno.NetAddr).port;
+    listener.close();
+    if (!handedOut.has(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+  throw new Error(`no unused free port after ${FREE_PORT_ATTEMPTS} attempts`);
 }
 
 export function delay(ms: number): Promise<void> {

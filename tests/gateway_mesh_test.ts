@@ -89,6 +89,7 @@ Deno.test("two regions without mDNS link through configured peers and relink aft
       region: "east",
       dir,
       listenPort: east.spec.listenPort,
+      httpPort: east.spec.httpPort,
       extraArgs: ["--no-mdns"],
     });
     assert(

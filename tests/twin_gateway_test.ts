@@ -582,7 +582,12 @@ Deno.test("a gateway restarted on the same data dir loads its twins with every w
   } finally {
     assert((await stopGateway(first)).success, "the gateway did not stop cleanly");
   }
-  const again = await startGateway({ ...options, listenPort: first.spec.listenPort });
+  // Same ports as before: a fresh free port could be the old listen port, just released.
+  const again = await startGateway({
+    ...options,
+    listenPort: first.spec.listenPort,
+    httpPort: first.spec.httpPort,
+  });
   try {
     assertEquals(await commandState(again, twins), before);
     assertEquals(before[twins[1]!]?.["setpoints.travelSpeedMmps"]?.value, 12.5);
