@@ -509,30 +509,14 @@ class DefaultEstopService implements EstopService {
     const fields = { id, hlc, origin: this.#self, target: params.target, reason: params.reason };
     const frame = await this.#seal(prepareStop(fields));
     this.#count("stops_issued");
-    const issuedAtMs = this.#nowMs();
-    const owners = this.#ownersOf(params.target);
-    const record = this.#record({
+    const { record, result, owners, issuedAtMs, reports } = this.#beginIssue({
       id,
       kind: "stop",
-      direction: "issued",
+      hlc,
       target: params.target,
-      origin: this.#self,
-      hlc: formatTimestamp(hlc),
       reason: params.reason,
-      acks: [],
-      missing: [],
-      late: false,
-      atMs: issuedAtMs,
+      frame,
     });
-    const result = this.#await(id);
-    // Remote owners first: `send` only queues, so local work below does not delay them.
-    const actions = this.#dispatcher.issue(
-      { id, type: "stop", frame, owners, hlcWallMs: hlc.wallMs },
-      issuedAtMs,
-      this.#links,
-    );
-    this.#perform(actions.filter((a) => a.type !== "report"));
-    this.#queueOutbox(owners, id, "stop", frame, hlc.wallMs);
     const local = this.#c.localAssets(params.target);
     if (local.length > 0 || owners.length === 0) {
       const stop = { id, hlc, origin: this.#self, reason: params.reason };
@@ -551,7 +535,7 @@ class DefaultEstopService implements EstopService {
     this.#emit({ type: "issued", record: { ...record } });
     // Assets of this gateway latched by its own stop: the same event as for a received one.
     if (local.length > 0) this.#emit({ type: "latched", record: { ...record } });
-    this.#perform(actions.filter((a) => a.type === "report"));
+    this.#perform(reports);
     this.#c.logger.warn("e-stop issued", {
       id,
       target: params.target,
@@ -587,17 +571,51 @@ class DefaultEstopService implements EstopService {
       prepareReset({ id, hlc, origin: this.#self, target, reason, stopIds }),
     );
     this.#count("resets_issued");
+    const { record, result, issuedAtMs, reports } = this.#beginIssue({
+      id,
+      kind: "reset",
+      hlc,
+      target,
+      reason,
+      stopIds,
+      frame,
+    });
+    const status = this.#actOnReset({ id, hlc, origin: this.#self, reason, stopIds }, record);
+    record.acks.push({ peer: this.#self, latencyMs: this.#nowMs() - issuedAtMs, status });
+    this.#emit({ type: "issued", record: { ...record } });
+    this.#perform(reports);
+    this.#scheduleDispatch();
+    return { id, hlc: formatTimestamp(hlc), result };
+  }
+
+  /**
+   * The part of issuing a stop or a reset that is the same for both: record
+   * it, start waiting for acks, send it to the remote owners (first: `send`
+   * only queues, so local work after this does not delay them) and keep it in
+   * the outbox. Report actions are returned for the caller to run once its
+   * local part is recorded.
+   */
+  #beginIssue(command: {
+    id: string;
+    kind: "stop" | "reset";
+    hlc: Timestamp;
+    target: EstopTarget;
+    reason: string;
+    stopIds?: string[];
+    frame: Uint8Array;
+  }) {
+    const { id, kind, hlc, target, reason, stopIds, frame } = command;
     const issuedAtMs = this.#nowMs();
     const owners = this.#ownersOf(target);
     const record = this.#record({
       id,
-      kind: "reset",
+      kind,
       direction: "issued",
       target,
       origin: this.#self,
       hlc: formatTimestamp(hlc),
       reason,
-      stopIds,
+      ...(stopIds ? { stopIds } : {}),
       acks: [],
       missing: [],
       late: false,
@@ -605,18 +623,19 @@ class DefaultEstopService implements EstopService {
     });
     const result = this.#await(id);
     const actions = this.#dispatcher.issue(
-      { id, type: "reset", frame, owners, hlcWallMs: hlc.wallMs },
+      { id, type: kind, frame, owners, hlcWallMs: hlc.wallMs },
       issuedAtMs,
       this.#links,
     );
     this.#perform(actions.filter((a) => a.type !== "report"));
-    this.#queueOutbox(owners, id, "reset", frame, hlc.wallMs);
-    const status = this.#actOnReset({ id, hlc, origin: this.#self, reason, stopIds }, record);
-    record.acks.push({ peer: this.#self, latencyMs: this.#nowMs() - issuedAtMs, status });
-    this.#emit({ type: "issued", record: { ...record } });
-    this.#perform(actions.filter((a) => a.type === "report"));
-    this.#scheduleDispatch();
-    return { id, hlc: formatTimestamp(hlc), result };
+    this.#queueOutbox(owners, id, kind, frame, hlc.wallMs);
+    return {
+      record,
+      result,
+      owners,
+      issuedAtMs,
+      reports: actions.filter((a) => a.type === "report"),
+    };
   }
 
   isLatched(assetId: string): boolean {
