@@ -1074,19 +1074,20 @@ class DefaultEstopService implements EstopService {
     this.#adoptClock(frame.hlc);
     const outcome = this.#dispatcher.ack(frame.commandId, frame.owner, frame.status, this.#nowMs());
     if (!outcome.accepted || !outcome.record) return;
-    const record = this.#recent.get(frame.commandId);
-    if (record && !record.acks.some((a) => a.peer === frame.owner)) {
+    if (outcome.first) {
+      // Counted and emitted whether or not the bounded `recent` list still holds the record.
       const ack = {
         peer: frame.owner,
         latencyMs: outcome.record.latencyMs,
         status: outcome.record.status,
       };
-      record.acks.push(ack);
-      record.missing = record.missing.filter((p) => p !== frame.owner);
-      if (outcome.record.late) {
-        record.late = true;
-        this.#count("acks_late");
+      const record = this.#recent.get(frame.commandId);
+      if (record) {
+        record.acks.push(ack);
+        record.missing = record.missing.filter((p) => p !== frame.owner);
+        if (outcome.record.late) record.late = true;
       }
+      if (outcome.record.late) this.#count("acks_late");
       this.#count(frame.commandType === "stop" ? "stops_acked" : "resets_acked");
       this.#emit({ type: "ack", id: frame.commandId, ack, late: outcome.record.late });
     }

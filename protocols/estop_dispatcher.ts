@@ -124,6 +124,8 @@ interface Pending {
 export interface AckOutcome {
   /** False for an ack of an unknown command or from a peer that was not asked. */
   readonly accepted: boolean;
+  /** True only for the first ack from this owner (repeats are accepted, not new). */
+  readonly first?: boolean;
   readonly record?: AckRecord;
   readonly actions: DispatchAction[];
 }
@@ -246,7 +248,7 @@ export class EstopDispatcher {
       actions.push(this.#report(pending));
     }
     if (allAcked) this.#pending.delete(id);
-    return { accepted: true, record, actions };
+    return { accepted: true, first: true, record, actions };
   }
 
   /** A link to `peer` came (back) up: redeliver everything it has not acked, now. */

@@ -27,7 +27,10 @@ Deno.test("issue() sends directly to every owner with a link and relays to one w
 Deno.test("all acks resolve the command with a report and latencies", () => {
   const dispatcher = new EstopDispatcher();
   dispatcher.issue(command(["b", "c"]), 0, links(["b", "c"]));
-  assertEquals(dispatcher.ack(ID, "b", "ok", 1).actions, []);
+  const firstAck = dispatcher.ack(ID, "b", "ok", 1);
+  assertEquals([firstAck.first, firstAck.actions], [true, []]);
+  const repeat = dispatcher.ack(ID, "b", "ok", 2);
+  assertEquals([repeat.accepted, repeat.first, repeat.record?.latencyMs], [true, undefined, 1]);
   const last = dispatcher.ack(ID, "c", "ok", 3);
   assertEquals(last.actions, [{
     type: "report",
