@@ -74,8 +74,12 @@ export const PUBLISH_INTERVAL_MS = 25;
 export const COMMAND_COALESCE_MS = 1;
 /** At most one sync cascade (see `#forward`) per this interval. */
 export const FORWARD_MIN_INTERVAL_MS = 10_000;
-/** A session that received this much carried a backlog (live trickle is ~100 B per change). */
-export const FORWARD_BACKLOG_BYTES = 16 * 1024;
+/**
+ * A sync message whose first (oldest) change was written this long ago
+ * carried a backlog: live changes reach the session within milliseconds of
+ * their write, and gossip carries them too.
+ */
+export const FORWARD_BACKLOG_AGE_MS = 2_000;
 export const MIN_TICK_GAP_MS = 5;
 /**
  * Anti-entropy: one sync session with a random connected peer this often.
@@ -83,6 +87,13 @@ export const MIN_TICK_GAP_MS = 5;
  * connected (a dropped message on a healthy link) within half a minute.
  */
 export const ANTI_ENTROPY_INTERVAL_MS = 30_000;
+/**
+ * Gossip changes parked for a missing dependency are usually waiting for
+ * another writer's message still in flight (gossip does not order messages
+ * of different publishers). A sync session is started only if something is
+ * still parked this long after: syncing at once cost more than the writes.
+ */
+export const PARKED_GRACE_MS = 250;
 /** Concurrent inbound sync sessions per connection: a reconnect may overlap the old one. */
 export const MAX_INBOUND_SYNC_STREAMS = 2;
 /** Concurrent outbound sync sessions per connection. */
@@ -265,6 +276,14 @@ export function createTwinService(
   return new DefaultTwinService(init, components);
 }
 
+/** What one sync session brought in. */
+interface SessionFindings {
+  changed: Set<string>;
+  created: Set<string>;
+  /** Some sync message carried changes older than {@link FORWARD_BACKLOG_AGE_MS}. */
+  backlog: boolean;
+}
+
 interface CommandView {
   setpoints: Map<string, number>;
   modes: Set<string>;
@@ -307,6 +326,7 @@ class DefaultTwinService implements TwinService {
   #ticking: Promise<void> | undefined;
   #tickAgain = false;
   #soon: ReturnType<typeof setTimeout> | undefined;
+  #parkedCheck: ReturnType<typeof setTimeout> | undefined;
   #lastTickAtMs = 0;
   #lastForwardAtMs = -Infinity;
   #abort = new AbortController();
@@ -363,6 +383,8 @@ class DefaultTwinService implements TwinService {
     this.#timers = [];
     clearTimeout(this.#soon);
     this.#soon = undefined;
+    clearTimeout(this.#parkedCheck);
+    this.#parkedCheck = undefined;
     libp2p.removeEventListener("peer:connect", this.#onPeerConnect);
     libp2p.services.pubsub.removeEventListener("message", this.#onGossip);
     for (const topic of this.#topics.keys()) libp2p.services.pubsub.unsubscribe(topic);
@@ -426,8 +448,7 @@ class DefaultTwinService implements TwinService {
   }
 
   stats(): TwinServiceStats {
-    let parked = 0;
-    for (const id of this.#replica.ids()) parked += this.#replica.doc(id).parkedChanges;
+    const parked = this.#replica.parkedChanges();
     const replicaStats: TwinReplicaStats = this.#replica.stats;
     return {
       ...replicaStats,
@@ -670,9 +691,20 @@ class DefaultTwinService implements TwinService {
       this.#counters.dropped_wrong_topic++;
       return;
     }
-    const needsSync = this.#replica.ingestGossip(batch);
-    if (needsSync) this.#fetchMissing(message.type === "signed" ? message.from : undefined);
+    const publisher = message.type === "signed" ? message.from : undefined;
+    const gap = this.#replica.ingestGossip(batch);
+    if (gap === "evicted") this.#fetchMissing(publisher);
+    else if (gap === "parked") this.#fetchIfStillParked(publisher);
   };
+
+  /** See {@link PARKED_GRACE_MS}. One check at a time: it covers every twin. */
+  #fetchIfStillParked(publisher: PeerId | undefined): void {
+    if (this.#parkedCheck !== undefined) return;
+    this.#parkedCheck = setTimeout(() => {
+      this.#parkedCheck = undefined;
+      if (this.#started && this.#replica.parkedChanges() > 0) this.#fetchMissing(publisher);
+    }, PARKED_GRACE_MS);
+  }
 
   /**
    * Gossip brought changes with missing dependencies: fetch the gap by sync
@@ -737,9 +769,8 @@ class DefaultTwinService implements TwinService {
     }
     if (role === "responder") this.#counters.sync_sessions_inbound++;
     const states = this.#rememberedStates(peer);
-    const changed = new Set<string>();
-    const created = new Set<string>();
-    const session = new TwinSyncSession(role, this.#recordingTarget(changed, created), { states });
+    const seen: SessionFindings = { changed: new Set(), created: new Set(), backlog: false };
+    const session = new TwinSyncSession(role, this.#recordingTarget(seen), { states });
     const signal = AbortSignal.any([this.#abort.signal, AbortSignal.timeout(120_000)]);
     try {
       const result = await runTwinSyncSession(stream, session, { signal });
@@ -749,12 +780,13 @@ class DefaultTwinService implements TwinService {
       this.#components.logger.debug("twin sync session done", {
         peer,
         role,
-        twinsChanged: changed.size,
+        twinsChanged: seen.changed.size,
+        backlog: seen.backlog,
         ...session.stats,
       });
-      // New twins or a real backlog are passed on at once; a live trickle at most every FORWARD_MIN_INTERVAL_MS.
-      const urgent = created.size > 0 || result.bytesReceived >= FORWARD_BACKLOG_BYTES;
-      if (changed.size > 0) this.#forward(peer, urgent);
+      // New twins or a backlog are passed on at once; a live trickle at most every FORWARD_MIN_INTERVAL_MS.
+      const urgent = seen.created.size > 0 || seen.backlog;
+      if (seen.changed.size > 0) this.#forward(peer, urgent);
     } catch (error) {
       this.#counters.sync_sessions_failed++;
       const name = error instanceof Error ? error.name : "";
@@ -797,8 +829,9 @@ class DefaultTwinService implements TwinService {
     }
   }
 
-  /** The replica as a sync target that notes which twins a session changed. */
-  #recordingTarget(changed: Set<string>, created: Set<string>): TwinSyncTarget {
+  /** The replica as a sync target that notes what a session brought. */
+  #recordingTarget(seen: SessionFindings): TwinSyncTarget {
+    const { changed, created } = seen;
     const replica = this.#replica;
     return {
       factories: replica.factories,
@@ -815,6 +848,10 @@ class DefaultTwinService implements TwinService {
         const before = replica.doc(assetId).heads().join();
         const next = replica.receiveSyncMessage(assetId, state, message);
         if (replica.doc(assetId).heads().join() !== before) changed.add(assetId);
+        const firstWallMs = replica.doc(assetId).lastSyncFirstChangeWallMs;
+        if (firstWallMs !== undefined && Date.now() - firstWallMs > FORWARD_BACKLOG_AGE_MS) {
+          seen.backlog = true;
+        }
         return next;
       },
     };

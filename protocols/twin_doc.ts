@@ -137,8 +137,26 @@ export class TwinDoc {
   #handle: Handle;
   #pendingHlc: Timestamp | undefined;
   #pendingOrigin = "";
-  #parked = new Map<string, { change: Uint8Array; deps: string[] }>();
+  #parked = new Map<string, { change: Uint8Array; deps: string[]; keys: string[] }>();
   #unpublished: Uint8Array[] = [];
+  /**
+   * Origin wall time (HLC) of the first change in the last sync message
+   * received, undefined when it carried none. Sync messages list changes
+   * oldest first, so an old first change means the peer sent a backlog, not
+   * live changes gossip is also carrying.
+   */
+  lastSyncFirstChangeWallMs: number | undefined;
+  /** resolve() of the current state; dropped by every change (reads poll far more often than writes land). */
+  #resolved: ResolvedTwin | undefined;
+  #meta: Partial<TwinMeta> | undefined;
+  /**
+   * Per-key results of resolving, kept until that key is written: reading a
+   * slot out of Automerge (getAll + parse) is most of a resolve, and a change
+   * touches a few keys of the ~30 a twin has.
+   */
+  #memo = new Map<string, KeyMemo>();
+  /** Model kind the memo was built for (slot results depend on the model). */
+  #memoKind: string | undefined;
 
   private constructor(assetId: string, doc: Automerge.Doc<unknown>) {
     this.assetId = assetId;
@@ -155,8 +173,9 @@ export class TwinDoc {
 
   /** Writes the metadata and commits it. */
   writeMeta(meta: TwinMeta, hlc: Timestamp, origin: string): void {
+    this.#changed();
     for (const [name, key] of Object.entries(META_KEYS)) {
-      this.#handle.put("_root", key, meta[name as keyof TwinMeta]);
+      this.#put(key, meta[name as keyof TwinMeta]);
     }
     this.#notePending(hlc, origin);
     this.commit();
@@ -195,50 +214,65 @@ export class TwinDoc {
 
   /** Metadata, as far as it has arrived. */
   meta(): Partial<TwinMeta> {
+    if (this.#meta) return this.#meta;
     const out: Record<string, string> = {};
     for (const [name, key] of Object.entries(META_KEYS)) {
       const value = this.#handle.get("_root", key);
       if (typeof value === "string") out[name] = value;
     }
-    return out;
+    this.#meta = Object.freeze(out);
+    return this.#meta;
+  }
+
+  /** Drops the resolved view (called before every mutation; see also #forget). */
+  #changed(): void {
+    this.#resolved = undefined;
+  }
+
+  /** Drops what was derived from one key, which is being written. */
+  #forget(key: string): void {
+    this.#memo.delete(key);
+    if (META_KEY_SET.has(key)) this.#meta = undefined;
   }
 
   /** Applies validated writes to the open batch, all stamped `hlc` (by node `hlc.node`). */
   write(writes: readonly TwinWrite[], hlc: Timestamp, origin = ""): void {
+    this.#changed();
     const tag = writerTag(hlc.node);
-    if (this.#handle.get("_root", `n:${tag}`) !== hlc.node) {
-      this.#handle.put("_root", `n:${tag}`, hlc.node);
-    }
+    if (this.#handle.get("_root", `n:${tag}`) !== hlc.node) this.#put(`n:${tag}`, hlc.node);
     const stamp = shortStamp(hlc);
     for (const write of writes) {
       assert(isFieldName(write.field), "validated writes name a valid field");
       switch (write.op) {
         case "set":
-          this.#handle.put(
-            "_root",
-            `f:${write.field}@${tag}`,
-            `${stamp}|${JSON.stringify(write.value)}`,
-          );
+          this.#put(`f:${write.field}@${tag}`, `${stamp}|${JSON.stringify(write.value)}`);
           break;
         case "increment": {
           const key = `c:${write.field}@${tag}`;
           const total = this.#counterSlot(key, hlc.node)?.total ?? 0;
-          this.#handle.put("_root", key, `${stamp}|${total + write.delta}`);
+          this.#put(key, `${stamp}|${total + write.delta}`);
           break;
         }
         case "add":
-          this.#handle.put("_root", `s:${write.field}=${write.element}@${formatTimestamp(hlc)}`, 1);
+          this.#put(`s:${write.field}=${write.element}@${formatTimestamp(hlc)}`, 1);
           break;
         case "remove": {
           const prefix = `s:${write.field}=${write.element}@`;
           for (const key of this.#handle.keys("_root")) {
-            if (key.startsWith(prefix)) this.#handle.delete("_root", key);
+            if (!key.startsWith(prefix)) continue;
+            this.#handle.delete("_root", key);
+            this.#forget(key);
           }
           break;
         }
       }
     }
     this.#notePending(hlc, origin);
+  }
+
+  #put(key: string, value: string | number): void {
+    this.#handle.put("_root", key, value);
+    this.#forget(key);
   }
 
   #notePending(hlc: Timestamp, origin: string): void {
@@ -325,7 +359,8 @@ export class TwinDoc {
         this.#parked.delete(oldest);
         result.evicted++;
       }
-      this.#parked.set(decoded.hash, { change, deps: decoded.deps });
+      const keys = decoded.ops.map((op) => op.key as string); // strings: changeOpsAreValid
+      this.#parked.set(decoded.hash, { change, deps: decoded.deps, keys });
       result.parked++;
     }
     result.applied = this.#applyReadyParked();
@@ -341,10 +376,12 @@ export class TwinDoc {
       for (const [hash, parked] of this.#parked) {
         if (parked.deps.every((dep) => this.#has(dep))) {
           ready.push(parked.change);
+          for (const key of parked.keys) this.#forget(key);
           this.#parked.delete(hash);
         }
       }
       if (ready.length === 0) break;
+      this.#changed();
       this.#handle.applyChanges(ready);
       applied += ready.length;
     }
@@ -372,17 +409,22 @@ export class TwinDoc {
    */
   receiveSyncMessage(state: TwinSyncState, message: Uint8Array): TwinSyncState {
     this.commit();
+    let decoded: Automerge.DecodedSyncMessage;
     try {
-      Automerge.decodeSyncMessage(message);
+      decoded = Automerge.decodeSyncMessage(message);
     } catch (cause) {
       throw new TwinSyncMessageError(this.assetId, "does not decode", { cause });
     }
+    this.lastSyncFirstChangeWallMs = firstChangeWallMs(decoded.changes);
     let next: [Automerge.Doc<unknown>, TwinSyncState, null];
     try {
       next = Automerge.receiveSyncMessage(this.#doc, state, message);
     } catch (cause) {
       throw new TwinSyncMessageError(this.assetId, "was refused by Automerge", { cause });
     }
+    this.#changed();
+    this.#memo.clear(); // a sync message may touch any key
+    this.#meta = undefined;
     this.#doc = next[0];
     this.#handle = Automerge.getBackend(this.#doc);
     this.#applyReadyParked();
@@ -406,25 +448,45 @@ export class TwinDoc {
     return this.#handle.stats().numChanges;
   }
 
-  /** The merged state, with stored values that fail the model ignored (and counted). */
+  /**
+   * The merged state, with stored values that fail the model ignored (and
+   * counted). Cached until the document changes: callers share the (frozen) object.
+   */
   resolve(): ResolvedTwin {
+    this.#resolved ??= this.#resolveNow();
+    return this.#resolved;
+  }
+
+  #resolveNow(): ResolvedTwin {
     const meta = this.meta();
     const model = meta.kind ? TWIN_MODELS.get(meta.kind) : undefined;
-    const keys = this.#handle.keys("_root");
+    if (meta.kind !== this.#memoKind) {
+      this.#memo.clear();
+      this.#memoKind = meta.kind;
+    }
+    // Rebuilt from the current keys, so entries of deleted keys drop out.
+    const memo = new Map<string, KeyMemo>();
+    for (const key of this.#handle.keys("_root")) {
+      memo.set(key, this.#memo.get(key) ?? { parsed: parseKey(key) });
+    }
+    this.#memo = memo;
     const nodes = new Map<string, string>();
-    for (const key of keys) {
-      if (!key.startsWith("n:")) continue;
-      const node = this.#handle.get("_root", key);
-      if (typeof node === "string" && writerTag(node) === key.slice(2)) {
-        nodes.set(key.slice(2), node);
+    for (const [key, entry] of memo) {
+      if (entry.parsed?.kind !== "node") continue;
+      if (!("node" in entry)) {
+        const node = this.#handle.get("_root", key);
+        entry.node = typeof node === "string" && writerTag(node) === key.slice(2)
+          ? node
+          : undefined;
       }
+      if (entry.node !== undefined) nodes.set(key.slice(2), entry.node);
     }
     const fields: Record<string, ResolvedField> = {};
     const counters = new Map<string, { total: number; hlc: Timestamp }>();
     const sets = new Map<string, { elements: Set<string>; hlc: Timestamp }>();
     let invalidValues = 0;
-    for (const key of keys) {
-      const parsed = parseKey(key);
+    for (const [key, entry] of memo) {
+      const parsed = entry.parsed;
       if (!parsed || parsed.kind === "meta" || parsed.kind === "node") {
         if (!parsed) invalidValues++;
         continue;
@@ -452,23 +514,27 @@ export class TwinDoc {
         invalidValues++;
         continue;
       }
+      if (entry.slotNode !== node) {
+        entry.slotNode = node;
+        entry.slot = parsed.kind === "lww"
+          ? this.#lwwSlot(key, node, parsed.field, spec)
+          : this.#counterSlot(key, node);
+      }
+      const slot = entry.slot;
+      if (!slot) {
+        invalidValues++;
+        continue;
+      }
       if (parsed.kind === "lww") {
-        const best = this.#lwwSlot(key, node, parsed.field, spec);
+        const best = slot as ResolvedField;
         const current = fields[parsed.field];
-        if (!best) invalidValues++;
-        else if (!current || compareTimestamps(best.hlc, current.hlc) > 0) {
-          fields[parsed.field] = best;
-        }
+        if (!current || compareTimestamps(best.hlc, current.hlc) > 0) fields[parsed.field] = best;
       } else {
-        const slot = this.#counterSlot(key, node);
-        if (!slot) {
-          invalidValues++;
-          continue;
-        }
+        const { total, hlc } = slot as CounterSlot;
         const sum = counters.get(parsed.field);
         counters.set(parsed.field, {
-          total: (sum?.total ?? 0) + slot.total,
-          hlc: sum && compareTimestamps(sum.hlc, slot.hlc) > 0 ? sum.hlc : slot.hlc,
+          total: (sum?.total ?? 0) + total,
+          hlc: sum && compareTimestamps(sum.hlc, hlc) > 0 ? sum.hlc : hlc,
         });
       }
     }
@@ -480,7 +546,17 @@ export class TwinDoc {
     for (const { hlc } of Object.values(fields)) {
       if (!lastHlc || compareTimestamps(hlc, lastHlc) > 0) lastHlc = hlc;
     }
-    return { assetId: this.assetId, meta, fields, lastHlc, invalidValues };
+    for (const field of Object.values(fields)) {
+      if (Array.isArray(field.value)) Object.freeze(field.value);
+      Object.freeze(field);
+    }
+    return Object.freeze({
+      assetId: this.assetId,
+      meta,
+      fields: Object.freeze(fields),
+      lastHlc,
+      invalidValues,
+    });
   }
 
   /** The highest-HLC valid value among Automerge's concurrent values of one writer slot. */
@@ -502,8 +578,8 @@ export class TwinDoc {
   }
 
   /** A writer's counter slot; concurrent totals (a writer that lost its state) merge by max. */
-  #counterSlot(key: string, node: string): { total: number; hlc: Timestamp } | undefined {
-    let best: { total: number; hlc: Timestamp } | undefined;
+  #counterSlot(key: string, node: string): CounterSlot | undefined {
+    let best: CounterSlot | undefined;
     for (const [type, raw] of this.#handle.getAll("_root", key)) {
       if (type !== "str") continue;
       const entry = parseStamped(raw as string, node);
@@ -537,6 +613,22 @@ export class TwinSyncMessageError extends Error {
   constructor(assetId: string, problem: string, options?: ErrorOptions) {
     super(`sync message for twin "${assetId}" ${problem}`, options);
   }
+}
+
+/** A writer's counter slot: its running total and the HLC of its last increment. */
+interface CounterSlot {
+  readonly total: number;
+  readonly hlc: Timestamp;
+}
+
+/** What resolving learned about one key; dropped when the key is written. */
+interface KeyMemo {
+  readonly parsed: ParsedKey | undefined;
+  /** Node keys: the node id stored (undefined when it does not match the tag). */
+  node?: string | undefined;
+  /** Slot keys: the slot read for this writer node (undefined = not read yet). */
+  slotNode?: string;
+  slot?: ResolvedField | CounterSlot | undefined;
 }
 
 type ParsedKey =
@@ -618,6 +710,17 @@ function parseStamped(raw: string, node: string): { hlc: Timestamp; json: unknow
     return { hlc, json: JSON.parse(raw.slice(bar + 1)) };
   } catch {
     return undefined;
+  }
+}
+
+function firstChangeWallMs(changes: readonly Uint8Array[]): number | undefined {
+  const first = changes[0];
+  if (!first) return undefined;
+  try {
+    const h = parseCommitMessage(Automerge.decodeChange(first).message)?.h;
+    return h === undefined ? undefined : parseTimestamp(h).wallMs;
+  } catch {
+    return undefined; // Automerge refuses it next, or it is foreign: not evidence of a backlog
   }
 }
 

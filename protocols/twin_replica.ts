@@ -90,6 +90,9 @@ export type TwinReplicaStats = {
   hlc_remote_rejected: number;
 };
 
+/** What a gossip batch left missing; see {@link TwinReplica.ingestGossip}. */
+export type GossipGap = "none" | "parked" | "evicted";
+
 interface Entry {
   doc: TwinDoc;
   /** Factory from metadata, or from the gossip topic / hello that introduced the twin. */
@@ -229,15 +232,17 @@ export class TwinReplica implements TwinSyncTarget {
 
   /**
    * Applies a decoded gossip batch received on `factory`'s topic. Returns
-   * true when changes were parked or evicted for missing dependencies: the
-   * caller should then run a sync session with the sender.
+   * what is missing: `"parked"` when changes wait for dependencies (usually
+   * in flight from another writer: the caller syncs only if they are still
+   * parked a moment later), `"evicted"` when the park overflowed (sync now),
+   * `"none"` otherwise.
    */
-  ingestGossip(batch: GossipBatch): boolean {
+  ingestGossip(batch: GossipBatch): GossipGap {
     if (!this.factories.includes(batch.factory)) {
       this.stats.dropped_unknown_factory++;
-      return false;
+      return "none";
     }
-    let needsSync = false;
+    let gap: GossipGap = "none";
     for (const { assetId, changes } of batch.docs) {
       if (!this.ensureDoc(assetId, batch.factory)) {
         this.stats.dropped_twin_limit += changes.length;
@@ -250,10 +255,18 @@ export class TwinReplica implements TwinSyncTarget {
       this.stats.gossip_changes_evicted += result.evicted;
       this.stats.dropped_malformed += result.malformed;
       this.stats.dropped_invalid += result.invalid;
-      if (result.parked > 0 || result.evicted > 0) needsSync = true;
+      if (result.evicted > 0) gap = "evicted";
+      else if (result.parked > 0 && gap === "none") gap = "parked";
       if (result.applied > 0) this.#noteRemote(assetId);
     }
-    return needsSync;
+    return gap;
+  }
+
+  /** Gossip changes parked for missing dependencies, over all twins. */
+  parkedChanges(): number {
+    let parked = 0;
+    for (const entry of this.#entries.values()) parked += entry.doc.parkedChanges;
+    return parked;
   }
 
   #noteRemote(assetId: string): void {

@@ -59,6 +59,8 @@ export interface TwinsBenchReport {
   telemetry_hz: number;
   gateway_cpu_cores: number | null;
   load_average: number | null;
+  /** Twin sync sessions started by all gateways (gossip gaps, reconnects, anti-entropy). */
+  sync_sessions: number | null;
 }
 
 const GATEWAYS = 3;
@@ -254,6 +256,7 @@ interface RunResult {
   gatewayCpuS: number | null;
   benchCpuS: number | null;
   loadAverage: number | null;
+  counters: Record<string, number> | null;
 }
 
 /** Issues writes at the aggregate rate for the duration; follows every `sampleEvery`th. */
@@ -273,6 +276,7 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
     gatewayCpuS: null,
     benchCpuS: null,
     loadAverage: null,
+    counters: null,
   };
   const gatewayPids = gateways.map((g) => g.child.pid);
   const gatewayCpuBefore = totalCpuSeconds(gatewayPids);
@@ -353,7 +357,34 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
     result.benchCpuS = benchCpuAfter - benchCpuBefore;
   }
   result.loadAverage = loadAverage();
+  result.counters = await twinCounters(gateways);
   return result;
+}
+
+/** Gateway counters that explain the figures, summed over the gateways (from `GET /metrics`). */
+const EXPLAINING_COUNTERS = [
+  "twinmesh_twins_sync_sessions",
+  "twinmesh_twins_gossip_changes_parked",
+  "twinmesh_twins_gossip_changes_applied",
+  "twinmesh_twins_changes_committed",
+] as const;
+
+async function twinCounters(
+  gateways: readonly GatewayProcess[],
+): Promise<Record<string, number> | null> {
+  const sums: Record<string, number> = {};
+  try {
+    for (const gateway of gateways) {
+      const text = await (await fetch(`${gateway.http}/metrics`)).text();
+      for (const name of EXPLAINING_COUNTERS) {
+        const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+        sums[name] = (sums[name] ?? 0) + Number(line?.split(" ")[1] ?? NaN);
+      }
+    }
+  } catch {
+    return null;
+  }
+  return sums;
 }
 
 function printTable(result: RunResult, options: Options): void {
@@ -399,6 +430,9 @@ function printTable(result: RunResult, options: Options): void {
     } |`,
   );
   console.log(`| bench process CPU, cores busy | ${perS(result.benchCpuS)} |`);
+  for (const [name, value] of Object.entries(result.counters ?? {})) {
+    console.log(`| ${name} (all gateways) | ${value} |`);
+  }
   console.log(
     `| host cores / 1-min load average at the end | ${navigator.hardwareConcurrency} / ${
       result.loadAverage ?? "n/a"
@@ -442,6 +476,7 @@ export async function main(args: string[]): Promise<TwinsBenchReport> {
       ? null
       : round(result.gatewayCpuS / result.elapsedS),
     load_average: result.loadAverage,
+    sync_sessions: result.counters?.twinmesh_twins_sync_sessions ?? null,
   };
   console.log(JSON.stringify(report));
   return report;

@@ -11,6 +11,7 @@ import {
   TwinCodecError,
 } from "../protocols/twin_codec.ts";
 import { runTwinSyncSession, TwinSyncSession } from "../protocols/twin_sync.ts";
+import { MAX_PARKED_CHANGES_PER_DOC } from "../protocols/twin_doc.ts";
 import { makeReplica, syncInMemory } from "./twin_test_util.ts";
 
 function divergedPair() {
@@ -188,15 +189,39 @@ Deno.test("gossip changes with a missing dependency are parked, then applied whe
   const genesis = a.flush()[0]!.changes;
   a.write("arm-1", [{ op: "set", field: "setpoints.weldCurrentA", value: 111 }], "any");
   const second = a.flush()[0]!.changes;
-  const needsSync = b.ingestGossip({
+  const gap = b.ingestGossip({
     factory: "f1",
     docs: [{ assetId: "arm-1", changes: second }],
   });
-  equal(needsSync, true, "a gap asks for a sync session");
-  equal(b.doc("arm-1").parkedChanges, 1);
-  b.ingestGossip({ factory: "f1", docs: [{ assetId: "arm-1", changes: genesis }] });
-  equal(b.doc("arm-1").parkedChanges, 0);
+  equal(gap, "parked", "a gap is reported");
+  deepStrictEqual([b.doc("arm-1").parkedChanges, b.parkedChanges()], [1, 1]);
+  const filled = b.ingestGossip({
+    factory: "f1",
+    docs: [{ assetId: "arm-1", changes: genesis }],
+  });
+  equal(filled, "none");
+  equal(b.parkedChanges(), 0);
   equal(b.state("arm-1").fields["setpoints.weldCurrentA"]?.value, 111);
+});
+
+Deno.test("a gap longer than the park evicts the oldest parked change and says so", () => {
+  const a = makeReplica("gw-a");
+  const b = makeReplica("gw-b");
+  a.create("arm-1", "welding-arm");
+  a.flush(); // the genesis never reaches b: everything after it waits for it
+  const later: Uint8Array[] = [];
+  for (let i = 0; i <= MAX_PARKED_CHANGES_PER_DOC; i++) {
+    a.write(
+      "arm-1",
+      [{ op: "set", field: "setpoints.weldCurrentA", value: 100 + (i % 50) }],
+      "any",
+    );
+    later.push(...a.flush()[0]!.changes);
+  }
+  const gap = b.ingestGossip({ factory: "f1", docs: [{ assetId: "arm-1", changes: later }] });
+  equal(gap, "evicted");
+  equal(b.parkedChanges(), MAX_PARKED_CHANGES_PER_DOC);
+  equal(b.stats.gossip_changes_evicted, 1);
 });
 
 Deno.test("gossip changes outside the twin layout are dropped and counted", () => {
