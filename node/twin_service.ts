@@ -72,14 +72,6 @@ export const PUBLISH_INTERVAL_MS = 25;
  * Together they keep write→visible within a few ms plus the network.
  */
 export const COMMAND_COALESCE_MS = 1;
-/** At most one sync cascade (see `#forward`) per this interval. */
-export const FORWARD_MIN_INTERVAL_MS = 10_000;
-/**
- * A sync message whose first (oldest) change was written this long ago
- * carried a backlog: live changes reach the session within milliseconds of
- * their write, and gossip carries them too.
- */
-export const FORWARD_BACKLOG_AGE_MS = 2_000;
 export const MIN_TICK_GAP_MS = 5;
 /**
  * Anti-entropy: one sync session with a random connected peer this often.
@@ -149,8 +141,14 @@ export interface TwinLibp2p {
   unhandle(protocol: string): Promise<void> | void;
   dialProtocol(peer: PeerId, protocol: string, options?: { signal?: AbortSignal }): Promise<Stream>;
   getPeers(): PeerId[];
-  addEventListener(type: "peer:connect", listener: (event: CustomEvent<PeerId>) => void): void;
-  removeEventListener(type: "peer:connect", listener: (event: CustomEvent<PeerId>) => void): void;
+  addEventListener(
+    type: "peer:connect" | "peer:disconnect",
+    listener: (event: CustomEvent<PeerId>) => void,
+  ): void;
+  removeEventListener(
+    type: "peer:connect" | "peer:disconnect",
+    listener: (event: CustomEvent<PeerId>) => void,
+  ): void;
 }
 
 /** Structured logger (scoped by the caller). */
@@ -259,6 +257,11 @@ export type ServiceCounters = {
   sync_sessions: number;
   sync_sessions_inbound: number;
   sync_sessions_failed: number;
+  /** Sessions asked for, by reason (a request while one runs queues one more at most). */
+  sync_wanted_connect: number;
+  sync_wanted_gap: number;
+  sync_wanted_forward: number;
+  sync_wanted_anti_entropy: number;
   sync_protocol_errors: number;
   sync_bytes_sent: number;
   sync_bytes_received: number;
@@ -276,12 +279,13 @@ export function createTwinService(
   return new DefaultTwinService(init, components);
 }
 
+/** Why a sync session was started (see the `sync_wanted_*` counters). */
+type SyncReason = "connect" | "gap" | "forward" | "anti_entropy";
+
 /** What one sync session brought in. */
 interface SessionFindings {
   changed: Set<string>;
   created: Set<string>;
-  /** Some sync message carried changes older than {@link FORWARD_BACKLOG_AGE_MS}. */
-  backlog: boolean;
 }
 
 interface CommandView {
@@ -307,6 +311,10 @@ class DefaultTwinService implements TwinService {
     sync_sessions: 0,
     sync_sessions_inbound: 0,
     sync_sessions_failed: 0,
+    sync_wanted_connect: 0,
+    sync_wanted_gap: 0,
+    sync_wanted_forward: 0,
+    sync_wanted_anti_entropy: 0,
     sync_protocol_errors: 0,
     sync_bytes_sent: 0,
     sync_bytes_received: 0,
@@ -319,6 +327,8 @@ class DefaultTwinService implements TwinService {
   #commandViews = new Map<string, CommandView>();
   #syncStates = new Map<string, Map<string, TwinSyncState>>();
   #syncing = new Map<string, Promise<void>>();
+  /** Peers with a completed session since their connection opened (see #forward). */
+  #syncedSinceConnect = new Set<string>();
   /** Peers asked for a sync while one was running: it may be past its last round, so run again. */
   #syncAgain = new Set<string>();
   #inbound = new Set<Promise<unknown>>();
@@ -328,7 +338,6 @@ class DefaultTwinService implements TwinService {
   #soon: ReturnType<typeof setTimeout> | undefined;
   #parkedCheck: ReturnType<typeof setTimeout> | undefined;
   #lastTickAtMs = 0;
-  #lastForwardAtMs = -Infinity;
   #abort = new AbortController();
   #started = false;
 
@@ -363,6 +372,7 @@ class DefaultTwinService implements TwinService {
       maxOutboundStreams: MAX_OUTBOUND_SYNC_STREAMS,
     });
     libp2p.addEventListener("peer:connect", this.#onPeerConnect);
+    libp2p.addEventListener("peer:disconnect", this.#onPeerDisconnect);
     this.#timers.push(setInterval(() => this.#scheduleTick(), this.#init.publishIntervalMs));
     if (this.#init.antiEntropyIntervalMs > 0) {
       this.#timers.push(setInterval(() => this.#antiEntropy(), this.#init.antiEntropyIntervalMs));
@@ -386,6 +396,7 @@ class DefaultTwinService implements TwinService {
     clearTimeout(this.#parkedCheck);
     this.#parkedCheck = undefined;
     libp2p.removeEventListener("peer:connect", this.#onPeerConnect);
+    libp2p.removeEventListener("peer:disconnect", this.#onPeerDisconnect);
     libp2p.services.pubsub.removeEventListener("message", this.#onGossip);
     for (const topic of this.#topics.keys()) libp2p.services.pubsub.unsubscribe(topic);
     await libp2p.unhandle(TWIN_SYNC_PROTOCOL);
@@ -464,6 +475,12 @@ class DefaultTwinService implements TwinService {
   async flushNow(): Promise<void> {
     if (this.#ticking) await this.#ticking;
     await this.#tick();
+  }
+
+  /** Starts (or queues) a session, counted by why it was wanted. */
+  #syncFor(reason: SyncReason, peer: PeerId): Promise<void> {
+    this.#counters[`sync_wanted_${reason}`]++;
+    return this.syncWith(peer);
   }
 
   syncWith(peer: PeerId): Promise<void> {
@@ -718,20 +735,27 @@ class DefaultTwinService implements TwinService {
     const peers = this.#components.libp2p.getPeers();
     const linked = publisher && peers.find((peer) => peer.equals(publisher));
     if (linked) {
-      void this.syncWith(linked);
+      void this.#syncFor("gap", linked);
       return;
     }
     if (peers.length === 0) return;
     const random = this.#components.random ?? Math.random;
-    void this.syncWith(peers[Math.floor(random() * peers.length)]!);
+    void this.#syncFor("gap", peers[Math.floor(random() * peers.length)]!);
   }
 
   // --- sync sessions ---
 
+  #onPeerDisconnect = (event: CustomEvent<PeerId>): void => {
+    this.#syncedSinceConnect.delete(event.detail.toString());
+  };
+
   #onPeerConnect = (event: CustomEvent<PeerId>): void => {
     const peer = event.detail;
+    this.#syncedSinceConnect.delete(peer.toString());
     // Both ends see the connection; the smaller peer id initiates so one session runs.
-    if (this.#components.libp2p.peerId.toString() < peer.toString()) void this.syncWith(peer);
+    if (this.#components.libp2p.peerId.toString() < peer.toString()) {
+      void this.#syncFor("connect", peer);
+    }
   };
 
   #antiEntropy(): void {
@@ -739,7 +763,7 @@ class DefaultTwinService implements TwinService {
     if (peers.length === 0) return;
     const random = this.#components.random ?? Math.random;
     const peer = peers[Math.floor(random() * peers.length)]!;
-    void this.syncWith(peer);
+    void this.#syncFor("anti_entropy", peer);
   }
 
   async #runOutbound(peer: PeerId): Promise<void> {
@@ -769,7 +793,7 @@ class DefaultTwinService implements TwinService {
     }
     if (role === "responder") this.#counters.sync_sessions_inbound++;
     const states = this.#rememberedStates(peer);
-    const seen: SessionFindings = { changed: new Set(), created: new Set(), backlog: false };
+    const seen: SessionFindings = { changed: new Set(), created: new Set() };
     const session = new TwinSyncSession(role, this.#recordingTarget(seen), { states });
     const signal = AbortSignal.any([this.#abort.signal, AbortSignal.timeout(120_000)]);
     try {
@@ -781,12 +805,13 @@ class DefaultTwinService implements TwinService {
         peer,
         role,
         twinsChanged: seen.changed.size,
-        backlog: seen.backlog,
         ...session.stats,
       });
-      // New twins or a backlog are passed on at once; a live trickle at most every FORWARD_MIN_INTERVAL_MS.
-      const urgent = seen.created.size > 0 || seen.backlog;
-      if (seen.changed.size > 0) this.#forward(peer, urgent);
+      // The first session after a (re)connection carries what the link missed
+      // (a healed partition); later ones carry what gossip is also bringing.
+      const catchUp = !this.#syncedSinceConnect.has(peer);
+      this.#syncedSinceConnect.add(peer);
+      if (seen.changed.size > 0 && (seen.created.size > 0 || catchUp)) this.#forward(peer);
     } catch (error) {
       this.#counters.sync_sessions_failed++;
       const name = error instanceof Error ? error.name : "";
@@ -810,22 +835,22 @@ class DefaultTwinService implements TwinService {
    * Changes fetched by sync are not gossiped (only local writes are), so a
    * peer that is not linked to where they came from would see them only at
    * its next anti-entropy session, up to 30 s later: after a partition heals
-   * at a bridge gateway, the rest of each side would lag. So a session that
-   * brought anything new starts a session with every other connected peer;
-   * those that learn something in turn pass it on, and the cascade ends where
-   * a session brings nothing new (at most one running and one queued session
-   * per peer, see {@link syncWith}).
+   * at a bridge gateway, the rest of each side would lag. So a catch-up
+   * session (the first after a connection opened, on either side) that
+   * brought anything, or any session that brought new twins, starts a
+   * session with every other connected peer: one hop, which covers a
+   * factory (its gateways are all linked by mDNS) behind a bridge. Further
+   * hops catch up by gap detection on the next gossip change and by
+   * anti-entropy. Other sessions are not forwarded: what they bring on a
+   * live link is mostly what gossip is also carrying, and forwarding it
+   * (and then cascading) kept sessions running through a loaded 10-gateway
+   * mesh, taking most of each gateway's CPU.
    */
-  #forward(source: string, urgent: boolean): void {
+  #forward(source: string): void {
     if (!this.#started) return;
-    // While writes flow, nearly every session brings something new (live
-    // changes that gossip also carries); forwarding each time would keep
-    // N−1 sessions per gateway running forever. A catch-up needs one pass.
-    const now = performance.now();
-    if (!urgent && now - this.#lastForwardAtMs < FORWARD_MIN_INTERVAL_MS) return;
-    this.#lastForwardAtMs = now;
     for (const peer of this.#components.libp2p.getPeers()) {
-      if (peer.toString() !== source) void this.syncWith(peer);
+      if (peer.toString() === source) continue;
+      void this.#syncFor("forward", peer);
     }
   }
 
@@ -848,10 +873,6 @@ class DefaultTwinService implements TwinService {
         const before = replica.doc(assetId).heads().join();
         const next = replica.receiveSyncMessage(assetId, state, message);
         if (replica.doc(assetId).heads().join() !== before) changed.add(assetId);
-        const firstWallMs = replica.doc(assetId).lastSyncFirstChangeWallMs;
-        if (firstWallMs !== undefined && Date.now() - firstWallMs > FORWARD_BACKLOG_AGE_MS) {
-          seen.backlog = true;
-        }
         return next;
       },
     };

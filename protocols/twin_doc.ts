@@ -139,13 +139,6 @@ export class TwinDoc {
   #pendingOrigin = "";
   #parked = new Map<string, { change: Uint8Array; deps: string[]; keys: string[] }>();
   #unpublished: Uint8Array[] = [];
-  /**
-   * Origin wall time (HLC) of the first change in the last sync message
-   * received, undefined when it carried none. Sync messages list changes
-   * oldest first, so an old first change means the peer sent a backlog, not
-   * live changes gossip is also carrying.
-   */
-  lastSyncFirstChangeWallMs: number | undefined;
   /** resolve() of the current state; dropped by every change (reads poll far more often than writes land). */
   #resolved: ResolvedTwin | undefined;
   #meta: Partial<TwinMeta> | undefined;
@@ -409,13 +402,11 @@ export class TwinDoc {
    */
   receiveSyncMessage(state: TwinSyncState, message: Uint8Array): TwinSyncState {
     this.commit();
-    let decoded: Automerge.DecodedSyncMessage;
     try {
-      decoded = Automerge.decodeSyncMessage(message);
+      Automerge.decodeSyncMessage(message);
     } catch (cause) {
       throw new TwinSyncMessageError(this.assetId, "does not decode", { cause });
     }
-    this.lastSyncFirstChangeWallMs = firstChangeWallMs(decoded.changes);
     let next: [Automerge.Doc<unknown>, TwinSyncState, null];
     try {
       next = Automerge.receiveSyncMessage(this.#doc, state, message);
@@ -710,17 +701,6 @@ function parseStamped(raw: string, node: string): { hlc: Timestamp; json: unknow
     return { hlc, json: JSON.parse(raw.slice(bar + 1)) };
   } catch {
     return undefined;
-  }
-}
-
-function firstChangeWallMs(changes: readonly Uint8Array[]): number | undefined {
-  const first = changes[0];
-  if (!first) return undefined;
-  try {
-    const h = parseCommitMessage(Automerge.decodeChange(first).message)?.h;
-    return h === undefined ? undefined : parseTimestamp(h).wallMs;
-  } catch {
-    return undefined; // Automerge refuses it next, or it is foreign: not evidence of a backlog
   }
 }
 
