@@ -82,8 +82,9 @@ export const ANTI_ENTROPY_INTERVAL_MS = 30_000;
 /**
  * Gossip changes parked for a missing dependency are usually waiting for
  * another writer's message still in flight (gossip does not order messages
- * of different publishers). A sync session is started only if something is
- * still parked this long after: syncing at once cost more than the writes.
+ * of different publishers) and lands within milliseconds. A sync session is
+ * started only if something is still parked this long after, rather than
+ * one per reordered message.
  */
 export const PARKED_GRACE_MS = 250;
 /** Concurrent inbound sync sessions per connection: a reconnect may overlap the old one. */
