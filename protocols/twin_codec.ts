@@ -15,8 +15,13 @@
 
 /** Gossip message format version (also in the topic name). */
 export const TWIN_GOSSIP_VERSION = 1;
-/** Sync session format version (also in the protocol id). */
-export const TWIN_SYNC_VERSION = 1;
+/**
+ * Sync session format version. 2 added the heads digest per twin in the hello;
+ * a version-1 hello (no digests) is still accepted.
+ */
+export const TWIN_SYNC_VERSION = 2;
+/** Longest heads digest in a hello (see `headsDigest` in twin_sync.ts). */
+export const MAX_HEADS_DIGEST_CHARS = 64;
 /** The libp2p protocol id of a sync session. */
 export const TWIN_SYNC_PROTOCOL = "/twinmesh/twin-sync/1.0.0";
 
@@ -80,12 +85,20 @@ export interface GossipBatch {
   readonly docs: readonly GossipDoc[];
 }
 
+/** A twin announced in a hello. */
+export interface HelloDoc {
+  readonly assetId: string;
+  readonly factory: string;
+  /** Short form of the twin's heads; "" when unknown (always synced). */
+  readonly heads?: string;
+}
+
 /** Frames of a sync session. */
 export type SyncFrame =
   | {
     readonly type: "hello";
     readonly factories: readonly string[];
-    readonly docs: readonly { readonly assetId: string; readonly factory: string }[];
+    readonly docs: readonly HelloDoc[];
   }
   | {
     readonly type: "sync";
@@ -152,7 +165,9 @@ export function encodeSyncFrame(frame: SyncFrame): Uint8Array {
       out.byte(TAG_HELLO).byte(TWIN_SYNC_VERSION).uint(frame.factories.length);
       for (const factory of frame.factories) out.string(factory);
       out.uint(frame.docs.length);
-      for (const doc of frame.docs) out.string(doc.assetId).string(doc.factory);
+      for (const doc of frame.docs) {
+        out.string(doc.assetId).string(doc.factory).string(doc.heads ?? "");
+      }
       break;
     case "sync":
       out.byte(TAG_SYNC).string(frame.assetId).uint(frame.part).uint(frame.parts).bytes(
@@ -176,16 +191,18 @@ export function decodeSyncFrame(bytes: Uint8Array): SyncFrame {
   let frame: SyncFrame;
   if (tag === TAG_HELLO) {
     const version = input.byte();
-    if (version !== TWIN_SYNC_VERSION) {
-      throw new TwinCodecError(`sync version ${version}; expected ${TWIN_SYNC_VERSION}`);
+    if (version !== TWIN_SYNC_VERSION && version !== 1) {
+      throw new TwinCodecError(`sync version ${version}; expected 1 or ${TWIN_SYNC_VERSION}`);
     }
     const factories: string[] = [];
     const factoryCount = input.count("factories", MAX_HELLO_FACTORIES);
     for (let i = 0; i < factoryCount; i++) factories.push(input.id("factory"));
-    const docs: { assetId: string; factory: string }[] = [];
+    const docs: HelloDoc[] = [];
     const docCount = input.count("twins", MAX_HELLO_DOCS);
     for (let i = 0; i < docCount; i++) {
-      docs.push({ assetId: input.id("asset id"), factory: input.id("factory") });
+      const assetId = input.id("asset id");
+      const factory = input.id("factory");
+      docs.push(version === 1 ? { assetId, factory } : { assetId, factory, heads: input.digest() });
     }
     frame = { type: "hello", factories, docs };
   } else if (tag === TAG_SYNC) {
@@ -309,6 +326,13 @@ class ByteReader {
     const out = this.#bytes.subarray(this.#offset, this.#offset + length);
     this.#offset += length;
     return out;
+  }
+
+  /** A heads digest: short lowercase hex, possibly empty. */
+  digest(): string {
+    const text = String.fromCharCode(...this.bytes(MAX_HEADS_DIGEST_CHARS));
+    if (!/^[0-9a-f]*$/.test(text)) throw new TwinCodecError("heads digest is not hex");
+    return text;
   }
 
   id(what: string): string {

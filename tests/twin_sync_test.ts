@@ -45,6 +45,71 @@ Deno.test("a sync session over a stream pair makes both replicas equal", async (
   deepStrictEqual(a.state("arm-2").fields.modes?.value, ["auto"]);
 });
 
+Deno.test("twins whose heads match in both hellos cost no sync message; a changed one still syncs", async () => {
+  const { a, b } = divergedPair();
+  syncInMemory(a, b);
+  for (let i = 0; i < 3; i++) {
+    a.write("arm-1", [{ op: "increment", field: "weldCount", delta: 1 }], "owner");
+    a.flush();
+  }
+  const [outbound, inbound] = await streamPair();
+  const initiator = new TwinSyncSession("initiator", a);
+  const responder = new TwinSyncSession("responder", b);
+  await Promise.all([
+    runTwinSyncSession(outbound, initiator),
+    runTwinSyncSession(inbound, responder),
+  ]);
+  // arm-2 matched on both sides; arm-1 differed and was synced.
+  equal(initiator.stats.twinsInSync, 1);
+  equal(responder.stats.twinsInSync, 1);
+  equal(b.state("arm-1").fields.weldCount?.value, 53);
+  deepStrictEqual(a.doc("arm-1").heads(), b.doc("arm-1").heads());
+  // Now everything matches: a session sends hellos and empty rounds only.
+  const [out2, in2] = await streamPair();
+  const again = new TwinSyncSession("initiator", a);
+  const againPeer = new TwinSyncSession("responder", b);
+  await Promise.all([runTwinSyncSession(out2, again), runTwinSyncSession(in2, againPeer)]);
+  equal(again.stats.twinsInSync, 2);
+  equal(again.stats.messagesSent + againPeer.stats.messagesSent, 0);
+});
+
+Deno.test("a version-1 hello (no heads digests) is still understood", () => {
+  // tag, version 1, one factory "f1", one twin "arm-1" of "f1"
+  const v1 = new Uint8Array([
+    0x01,
+    0x01,
+    1,
+    2,
+    0x66,
+    0x31,
+    1,
+    5,
+    0x61,
+    0x72,
+    0x6d,
+    0x2d,
+    0x31,
+    2,
+    0x66,
+    0x31,
+  ]);
+  deepStrictEqual(decodeSyncFrame(v1), {
+    type: "hello",
+    factories: ["f1"],
+    docs: [{ assetId: "arm-1", factory: "f1" }],
+  });
+  const v2 = encodeSyncFrame({
+    type: "hello",
+    factories: ["f1"],
+    docs: [{ assetId: "arm-1", factory: "f1", heads: "00ff" }],
+  });
+  deepStrictEqual(decodeSyncFrame(v2), {
+    type: "hello",
+    factories: ["f1"],
+    docs: [{ assetId: "arm-1", factory: "f1", heads: "00ff" }],
+  });
+});
+
 Deno.test("a sync session skips twins of factories the peer does not replicate", () => {
   const a = makeReplica("gw-a", { factory: "f1", replicate: ["f1", "f2"] });
   const b = makeReplica("gw-b", { factory: "f2" });
