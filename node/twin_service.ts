@@ -87,6 +87,14 @@ export const ANTI_ENTROPY_INTERVAL_MS = 30_000;
  * one per reordered message.
  */
 export const PARKED_GRACE_MS = 250;
+/**
+ * A catch-up session is forwarded to the other peers this long after it
+ * ends, one coalesced session per peer. Most of those peers are catching up
+ * on their own links meanwhile (a mesh starting, a factory rejoining), and
+ * the heads digests in the hello then skip every twin they already have, so
+ * a forward costs a hello instead of a second copy of the backlog.
+ */
+export const FORWARD_DELAY_MS = 1_000;
 /** Concurrent inbound sync sessions per connection: a reconnect may overlap the old one. */
 export const MAX_INBOUND_SYNC_STREAMS = 2;
 /** Concurrent outbound sync sessions per connection. */
@@ -338,6 +346,9 @@ class DefaultTwinService implements TwinService {
   #tickAgain = false;
   #soon: ReturnType<typeof setTimeout> | undefined;
   #parkedCheck: ReturnType<typeof setTimeout> | undefined;
+  #forwardTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Peers a catch-up session is to be forwarded to, with the sources to skip. */
+  #forwardSources = new Set<string>();
   #lastTickAtMs = 0;
   #abort = new AbortController();
   #started = false;
@@ -395,6 +406,7 @@ class DefaultTwinService implements TwinService {
     clearTimeout(this.#soon);
     this.#soon = undefined;
     clearTimeout(this.#parkedCheck);
+    clearTimeout(this.#forwardTimer);
     this.#parkedCheck = undefined;
     libp2p.removeEventListener("peer:connect", this.#onPeerConnect);
     libp2p.removeEventListener("peer:disconnect", this.#onPeerDisconnect);
@@ -839,7 +851,8 @@ class DefaultTwinService implements TwinService {
    * at a bridge gateway, the rest of each side would lag. So a catch-up
    * session (the first after a connection opened, on either side) that
    * brought anything, or any session that brought new twins, starts a
-   * session with every other connected peer: one hop, which covers a
+   * session with every other connected peer, coalesced and
+   * {@link FORWARD_DELAY_MS} later: one hop, which covers a
    * factory (its gateways are all linked by mDNS) behind a bridge. Further
    * hops catch up by gap detection on the next gossip change and by
    * anti-entropy. Other sessions are not forwarded: what they bring on a
@@ -849,10 +862,18 @@ class DefaultTwinService implements TwinService {
    */
   #forward(source: string): void {
     if (!this.#started) return;
-    for (const peer of this.#components.libp2p.getPeers()) {
-      if (peer.toString() === source) continue;
-      void this.#syncFor("forward", peer);
-    }
+    this.#forwardSources.add(source);
+    this.#forwardTimer ??= setTimeout(() => {
+      this.#forwardTimer = undefined;
+      const sources = this.#forwardSources;
+      this.#forwardSources = new Set();
+      if (!this.#started) return;
+      for (const peer of this.#components.libp2p.getPeers()) {
+        // A peer is skipped only when it is the one source: it has what it sent.
+        if (sources.size === 1 && sources.has(peer.toString())) continue;
+        void this.#syncFor("forward", peer);
+      }
+    }, FORWARD_DELAY_MS);
   }
 
   /** The replica as a sync target that notes what a session brought. */
