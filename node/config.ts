@@ -31,6 +31,13 @@ export interface GatewayConfig {
   assets: number;
   /** Telemetry rate per simulated arm. */
   telemetryHz: number;
+  /**
+   * Interval of the owner's measured-state twin write (joints, counters, a
+   * min/mean/max summary of the interval). Every write is an Automerge
+   * change that each replica applies and keeps, so this sets the mesh's
+   * steady twin load.
+   */
+  twinSummaryMs: number;
   /** Probability per second that a simulated arm develops a fault. */
   faultRatePerS: number;
   logLevel: LogLevel;
@@ -61,6 +68,7 @@ export function defaultConfig(): GatewayConfig {
     mdns: true,
     assets: 4,
     telemetryHz: 100,
+    twinSummaryMs: 5_000,
     faultRatePerS: 0.002,
     logLevel: "info",
     operators: [],
@@ -146,6 +154,13 @@ export const FLAGS: readonly FlagSpec[] = [
     kind: "number",
     arg: "<hz>",
     help: "telemetry rate per arm",
+  },
+  {
+    flag: "--twin-summary-ms",
+    field: "twinSummaryMs",
+    kind: "number",
+    arg: "<ms>",
+    help: "measured-state twin write interval (summary window)",
   },
   {
     flag: "--fault-rate",
@@ -340,6 +355,7 @@ export function validateConfig(c: GatewayConfig): void {
   if (typeof c.mdns !== "boolean") throw new ConfigError("mdns", "true or false", c.mdns);
   checkRange("assets", c.assets, 0, 1000, true);
   checkRange("telemetryHz", c.telemetryHz, 0.1, 1000, false);
+  checkRange("twinSummaryMs", c.twinSummaryMs, 100, 60_000, true);
   checkRange("faultRatePerS", c.faultRatePerS, 0, 1, false);
   checkRange("watchdogMs", c.watchdogMs, 0, 3_600_000, true);
   if (!LOG_LEVELS.includes(c.logLevel)) {

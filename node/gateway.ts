@@ -24,6 +24,7 @@ import { createTwinService, type TwinService } from "./twin_service.ts";
 import { AssetDirectory } from "./directory.ts";
 import { Detection } from "./detection.ts";
 import { MeasuredAccumulator } from "./measured.ts";
+import { LoopLagMonitor } from "./loop_lag.ts";
 import { newTraceId, round, Tracer } from "./trace.ts";
 
 /** A whole shutdown must fit in this (the operator's expectation: ~2 s). */
@@ -34,7 +35,6 @@ const HLC_META_KEY = "hlc.persistedWallMs";
  * deltas and a 1 s summary. Automerge keeps every change forever, so raw
  * telemetry never goes there and this rate bounds history growth.
  */
-const MEASURED_WRITE_INTERVAL_MS = 1_000;
 
 /** A running gateway. */
 export interface Gateway {
@@ -364,7 +364,7 @@ async function assemble(
   cleanups.unshift(["detection", () => detection.stop()]);
 
   // Telemetry: every arm ticks at the configured rate; samples feed detection
-  // (bounded queues) and the 1 Hz measured-state writer.
+  // (bounded queues) and the measured-state writer (every `twinSummaryMs`).
   const measured = new MeasuredAccumulator();
   const onTelemetry = (sample: ArmTelemetry) => {
     stats.telemetrySamples++;
@@ -385,11 +385,15 @@ async function assemble(
         log.warn("twin measured write refused", { asset: assetId, error: err });
       }
     }
-  }, MEASURED_WRITE_INTERVAL_MS);
+  }, config.twinSummaryMs);
   cleanups.unshift(["twin-writer", () => clearInterval(twinTimer)]);
 
+  const loopLag = new LoopLagMonitor();
+  loopLag.start();
+  cleanups.unshift(["loop-lag", () => loopLag.stop()]);
   metrics.addStats("gateway", () => ({
     ...stats,
+    ...loopLag.stats,
     ...gossip.stats,
     peers: mesh.peers().length,
     assets: assets.size,
