@@ -93,6 +93,19 @@ export const RETRY_SCHEDULE_MS: readonly number[] = [10, 15, 25, 50, 100, 200, 4
  * relays are used from the first send.
  */
 export const RELAY_FROM_ATTEMPT = 2;
+/**
+ * Retries to an owner wait at least this many times the owner's usual ack
+ * time (a smoothed average of its acks), capped at
+ * {@link MAX_ACK_TIME_RETRY_MS}. On a loaded mesh acks take longer than the
+ * fixed schedule; retrying (and relaying and gossiping) on the schedule then
+ * multiplies the traffic that made the acks slow, while the stop already sits
+ * in the owner's TCP queue. A dead link is not waited for: its connection
+ * closes and the stop goes by relays at once.
+ */
+export const RETRY_ACK_TIME_FACTOR = 2;
+/** Upper bound of the ack-time-based wait (see {@link RETRY_ACK_TIME_FACTOR}). */
+export const MAX_ACK_TIME_RETRY_MS = 1_000;
+
 /** From this retry on (50 ms after issue) a retry also goes out over gossip, the last resort. */
 export const GOSSIP_FROM_ATTEMPT = 3;
 

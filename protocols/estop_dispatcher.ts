@@ -28,10 +28,12 @@ import {
   DEFAULT_ACK_DEADLINE_MS,
   DEFAULT_COMMAND_MAX_AGE_MS,
   GOSSIP_FROM_ATTEMPT,
+  MAX_ACK_TIME_RETRY_MS,
   MAX_OUTBOX_ENTRIES,
   MAX_PENDING_COMMANDS,
   MAX_RELAY_FANOUT,
   RELAY_FROM_ATTEMPT,
+  RETRY_ACK_TIME_FACTOR,
   RETRY_SCHEDULE_MS,
 } from "./estop_constants.ts";
 import type { AckStatus } from "./estop_codec.ts";
@@ -140,6 +142,8 @@ export class EstopDispatcher {
   readonly maxRelayFanout: number;
   #pending = new Map<string, Pending>();
   #unackedCount = 0;
+  /** Smoothed issue → first-ack time per owner (see RETRY_ACK_TIME_FACTOR). */
+  #ackTimeMs = new Map<string, number>();
 
   constructor(init: EstopDispatcherInit = {}) {
     this.ackDeadlineMs = init.ackDeadlineMs ?? DEFAULT_ACK_DEADLINE_MS;
@@ -239,6 +243,7 @@ export class EstopDispatcher {
       late: pending.reported,
     };
     state.ack = record;
+    this.#noteAckTime(peer, record.latencyMs);
     this.#unackedCount--;
     assert(this.#unackedCount >= 0, "outbox count never goes negative");
     const actions: DispatchAction[] = [];
@@ -258,7 +263,10 @@ export class EstopDispatcher {
       const state = pending.owners.get(peer);
       if (!state || state.ack) continue;
       actions.push({ type: "send", id: pending.command.id, peer, frame: pending.command.frame });
-      state.nextAttemptAtMs = Math.min(state.nextAttemptAtMs, nowMs + this.#intervalMs(state));
+      state.nextAttemptAtMs = Math.min(
+        state.nextAttemptAtMs,
+        nowMs + this.#intervalMs(state, peer),
+      );
     }
     void links;
     return actions;
@@ -326,13 +334,35 @@ export class EstopDispatcher {
     if (active && state.attempts >= GOSSIP_FROM_ATTEMPT) {
       actions.push({ type: "gossip", id, frame });
     }
-    state.nextAttemptAtMs = nowMs + this.#intervalMs(state);
+    state.nextAttemptAtMs = nowMs + this.#intervalMs(state, peer);
   }
 
-  /** Delay before the next retry: the schedule's entry for this attempt, the last one repeating. */
-  #intervalMs(state: OwnerState): number {
+  /**
+   * Delay before the next retry: the schedule's entry for this attempt (the
+   * last one repeating), or longer when this owner's acks usually take longer.
+   */
+  #intervalMs(state: OwnerState, peer: string): number {
     const schedule = this.retryScheduleMs;
-    return schedule[Math.min(state.attempts, schedule.length - 1)]!;
+    const scheduled = schedule[Math.min(state.attempts, schedule.length - 1)]!;
+    const usual = this.#ackTimeMs.get(peer) ?? 0;
+    return Math.max(scheduled, Math.min(MAX_ACK_TIME_RETRY_MS, RETRY_ACK_TIME_FACTOR * usual));
+  }
+
+  /** Usual ack time of `peer`, for retries. */
+  ackTimeMs(peer: string): number | undefined {
+    return this.#ackTimeMs.get(peer);
+  }
+
+  #noteAckTime(peer: string, latencyMs: number): void {
+    const previous = this.#ackTimeMs.get(peer);
+    this.#ackTimeMs.delete(peer); // re-inserted last: the map drops its oldest entry first
+    this.#ackTimeMs.set(
+      peer,
+      previous === undefined ? latencyMs : 0.8 * previous + 0.2 * latencyMs,
+    );
+    if (this.#ackTimeMs.size > MAX_PENDING_COMMANDS) {
+      this.#ackTimeMs.delete(this.#ackTimeMs.keys().next().value as string);
+    }
   }
 
   #report(pending: Pending): DispatchAction {

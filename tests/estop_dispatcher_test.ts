@@ -55,6 +55,22 @@ Deno.test("unacked owners get retries on the schedule, then relays, then gossip"
   assertEquals(kinds(30), ["send", "relay", "gossip"]);
 });
 
+Deno.test("retries to an owner whose acks are slow wait for its usual ack time", () => {
+  const dispatcher = new EstopDispatcher({ retryScheduleMs: [10, 10, 10, 10] });
+  const up = links(["b", "c", "r"], ["r"]);
+  // b usually acks after 200 ms: retries to b wait 2 × 200 ms; c has no history.
+  const earlier = { ...command(["b"]), id: "cd".repeat(16) };
+  dispatcher.issue(earlier, 0, up);
+  dispatcher.ack(earlier.id, "b", "ok", 200);
+  assertEquals(dispatcher.ackTimeMs("b"), 200);
+  dispatcher.issue(command(["b", "c"]), 1_000, up);
+  const peers = (nowMs: number) =>
+    dispatcher.tick(nowMs, up).map((a) => `${a.type}:${"peer" in a ? a.peer : ""}`);
+  assertEquals(peers(1_010), ["send:c"]);
+  assertEquals(peers(1_399), ["send:c", "relay:"]);
+  assertEquals(peers(1_400), ["send:b"]);
+});
+
 Deno.test("the deadline reports the missing owner and a late ack is flagged late", () => {
   const dispatcher = new EstopDispatcher({ ackDeadlineMs: 100 });
   dispatcher.issue(command(["b"]), 0, links([]));
