@@ -155,6 +155,7 @@ async function assemble(
     factory: config.factory,
     gatewayName: config.name,
     ownedAssets: [...assets.values()].map((a) => ({ id: a.id, kind: a.kind })),
+    foundOnLan: (peer) => mesh.viaOf(peer) === "mdns",
   });
   await twins.start();
   cleanups.unshift(["twins", () => twins.stop()]);
@@ -419,7 +420,7 @@ async function assemble(
     detection,
     clock,
     tracer,
-    stats: () => ({ ...stats, ...gossip.stats }),
+    stats: () => ({ ...stats, ...gossip.stats, ...loopLag.stats }),
   });
 
   const server: HttpServerHandle = serveHttp(http, router, log.child("http"), tracer);

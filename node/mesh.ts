@@ -207,6 +207,11 @@ export class Mesh {
     return this.#known.get(peerId)?.identity;
   }
 
+  /** How a peer was found ("mdns": LAN discovery in this factory), if known. */
+  viaOf(peerId: string): Via | undefined {
+    return this.#known.get(peerId)?.via;
+  }
+
   /** Peer ID of the gateway called `name`, if known. */
   peerIdByName(name: string): string | undefined {
     for (const [id, entry] of this.#known) if (entry.identity?.name === name) return id;

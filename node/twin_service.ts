@@ -197,6 +197,12 @@ export interface TwinServiceComponents {
   readonly ownedAssets: readonly OwnedAsset[];
   /** Randomness for peer choice; default `Math.random`. */
   readonly random?: () => number;
+  /**
+   * True for a peer found by LAN discovery: every gateway of the factory
+   * finds it the same way and links to it directly, so what it sends needs
+   * no forwarding (see #forward). Without it every catch-up is forwarded.
+   */
+  readonly foundOnLan?: (peerId: string) => boolean;
 }
 
 /** A row of {@link TwinService.list}. */
@@ -824,7 +830,8 @@ class DefaultTwinService implements TwinService {
       // (a healed partition); later ones carry what gossip is also bringing.
       const catchUp = !this.#syncedSinceConnect.has(peer);
       this.#syncedSinceConnect.add(peer);
-      if (seen.changed.size > 0 && (seen.created.size > 0 || catchUp)) this.#forward(peer);
+      const news = seen.changed.size > 0 && (seen.created.size > 0 || catchUp);
+      if (news && !this.#components.foundOnLan?.(peer)) this.#forward(peer);
     } catch (error) {
       this.#counters.sync_sessions_failed++;
       const name = error instanceof Error ? error.name : "";
@@ -852,7 +859,8 @@ class DefaultTwinService implements TwinService {
    * session (the first after a connection opened, on either side) that
    * brought anything, or any session that brought new twins, starts a
    * session with every other connected peer, coalesced and
-   * {@link FORWARD_DELAY_MS} later: one hop, which covers a
+   * {@link FORWARD_DELAY_MS} later, unless the source was found on the LAN
+   * (the others are linked to it too): one hop, which covers a
    * factory (its gateways are all linked by mDNS) behind a bridge. Further
    * hops catch up by gap detection on the next gossip change and by
    * anti-entropy. Other sessions are not forwarded: what they bring on a
