@@ -44,6 +44,7 @@ import {
   postJson,
   spawnGateway,
   stopGateway,
+  sumMetrics,
   tail,
   waitReady,
 } from "./mesh_processes.ts";
@@ -372,9 +373,19 @@ async function runProcesses(options: Options): Promise<EstopBenchReport> {
     const lost = issued.filter((s) => !latchedIds.has(`${s.owner}/${s.assetId}/${s.id}`)).length;
     const httpSorted = issued.map((s) => s.httpMs).sort((a, b) => a - b);
     const stats = await Promise.all(
-      gateways.map((g) => getJson<{ stats: { telemetrySamples: number } }>(g, "/status")),
+      gateways.map((g) =>
+        getJson<{ stats: { telemetrySamples: number; eventLoopLagMaxMs?: number } }>(g, "/status")
+      ),
     );
     const telemetrySamples = stats.reduce((n, s) => n + s.stats.telemetrySamples, 0);
+    // Worst event-loop lag of any gateway over its last ~10 s: how long frames waited in line.
+    const loopLagMaxMs = Math.max(...stats.map((s) => s.stats.eventLoopLagMaxMs ?? 0));
+    // Why twin sync sessions ran during the run (they compete with e-stop frames for the loop).
+    const syncWanted = Object.fromEntries(
+      Object.entries(await sumMetrics(gateways, /^twinmesh_twins_sync_wanted_/)).map((
+        [name, n],
+      ) => [name.replace("twinmesh_twins_sync_wanted_", ""), n]),
+    );
     const loadAfter = (await Deno.readTextFile("/proc/loadavg").catch(() => "?")).split(" ")[0];
 
     const p = (q: number) => {
@@ -399,6 +410,8 @@ async function runProcesses(options: Options): Promise<EstopBenchReport> {
       late_acks: lateAcks,
       trigger_errors: triggerErrors,
       telemetry_samples: telemetrySamples,
+      loop_lag_max_ms: loopLagMaxMs,
+      sync_wanted: syncWanted,
       clock_offset_ms: round3(clockOffsetMs),
       load_before: Number(load),
       load_after: Number(loadAfter),
@@ -428,6 +441,8 @@ async function runProcesses(options: Options): Promise<EstopBenchReport> {
       ["late acks (after 2 s deadline)", String(lateAcks)],
       ["HTTP triggers that failed (not measured)", String(triggerErrors)],
       ["telemetry samples (all arms)", String(telemetrySamples)],
+      ["worst event-loop lag (last 10 s)", `${loopLagMaxMs} ms`],
+      ["twin sync sessions wanted (all)", JSON.stringify(syncWanted)],
       ["load average before / after", `${load} / ${loadAfter}`],
       ["targets", "lost 0, p99 ≤ 5 ms, p50 ≤ 1 ms"],
     ]);

@@ -131,6 +131,27 @@ export async function getJson<T = unknown>(
   return body as T;
 }
 
+/** Sums of `twinmesh_*` gauges over gateways' `GET /metrics` whose names match `pattern`. */
+export async function sumMetrics(
+  gateways: readonly GatewayProcess[],
+  pattern: RegExp,
+): Promise<Record<string, number>> {
+  const sums: Record<string, number> = {};
+  const texts = await Promise.all(gateways.map(async (g) => {
+    const response = await fetch(`${g.http}/metrics`, { signal: AbortSignal.timeout(5_000) });
+    return await response.text();
+  }));
+  for (const text of texts) {
+    for (const line of text.split("\n")) {
+      const [name, value] = line.split(" ");
+      if (name && value && !name.startsWith("#") && pattern.test(name)) {
+        sums[name] = (sums[name] ?? 0) + Number(value);
+      }
+    }
+  }
+  return sums;
+}
+
 /** POST JSON to a gateway; returns status and parsed body. */
 export async function postJson<T = unknown>(
   gateway: GatewayProcess | string,
