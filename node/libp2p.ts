@@ -33,6 +33,50 @@ export type MeshNode = Libp2p<MeshServices>;
  * multicast query per second per gateway is negligible on a factory LAN.
  */
 export const MDNS_INTERVAL_MS = 1_000;
+/**
+ * Extra queries right after start, in ms. Gateways of a factory often start
+ * together (a power-up, the local mesh): the query sent at start then finds
+ * nobody listening yet, and discovery waits a full interval.
+ */
+export const MDNS_START_BURST_MS: readonly number[] = [150, 350, 600];
+
+type Discovery = ReturnType<ReturnType<typeof mdns>>;
+/** The lifecycle and socket of the @libp2p/mdns class, which its declared type hides. */
+interface MdnsInternals {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  mdns?: { query(query: unknown): void };
+}
+
+/**
+ * @libp2p/mdns with {@link MDNS_START_BURST_MS}. The module has no option for
+ * it, so the burst reuses its multicast socket (`mdns`, a field of the pinned
+ * 12.x class); if a future version renames it, the burst is skipped and
+ * discovery falls back to the interval.
+ */
+function mdnsWithStartBurst(serviceTag: string) {
+  const create = mdns({ interval: MDNS_INTERVAL_MS, serviceTag });
+  return (components: Parameters<typeof create>[0]): Discovery => {
+    const discovery = create(components);
+    const internals = discovery as unknown as MdnsInternals;
+    const start = internals.start.bind(discovery);
+    const timers: ReturnType<typeof setTimeout>[] = [];
+    internals.start = async () => {
+      await start();
+      for (const ms of MDNS_START_BURST_MS) {
+        timers.push(setTimeout(() => {
+          internals.mdns?.query({ questions: [{ name: serviceTag, type: "PTR" }] });
+        }, ms));
+      }
+    };
+    const stop = internals.stop.bind(discovery);
+    internals.stop = async () => {
+      for (const timer of timers) clearTimeout(timer);
+      await stop();
+    };
+    return discovery;
+  };
+}
 /** Connections kept at most: a factory has tens of gateways, plus region peers. */
 export const MAX_CONNECTIONS = 300;
 /** Inbound connection attempts accepted per second per remote host. */
@@ -63,9 +107,7 @@ export function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     ...(init.meshKey ? { connectionProtector: preSharedKey({ psk: init.meshKey }) } : {}),
-    peerDiscovery: init.mdns
-      ? [mdns({ interval: MDNS_INTERVAL_MS, serviceTag: mdnsServiceTag(init.factory) })]
-      : [],
+    peerDiscovery: init.mdns ? [mdnsWithStartBurst(mdnsServiceTag(init.factory))] : [],
     // The default inbound threshold (5 connections per second per host) refuses
     // a restarted factory or a local mesh whose gateways all share one address.
     connectionManager: {
