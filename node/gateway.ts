@@ -24,6 +24,7 @@ import { createTwinService, type TwinService } from "./twin_service.ts";
 import { AssetDirectory } from "./directory.ts";
 import { Detection } from "./detection.ts";
 import { MeasuredAccumulator } from "./measured.ts";
+import type { MeasuredUpdate } from "../protocols/twin_model.ts";
 import { LoopLagMonitor } from "./loop_lag.ts";
 import { newTraceId, round, Tracer } from "./trace.ts";
 
@@ -222,16 +223,30 @@ async function assemble(
   });
   // The twin shows the latch: the owner adds/removes the "estop" mode and
   // records the event (origin, HLC, reason, latency) in `estop.last`.
+  // Every twin change is applied by every replica, so a stop of an asset the
+  // twin already shows stopped (a storm of repeats) does not write at once:
+  // its record rides along with the next measured-state write. GET /estop and
+  // the e-stop log hold every stop immediately either way.
+  const pendingStopRecords = new Map<string, string>();
   const markTwin = (
     assetId: string,
     change: { add?: string[]; remove?: string[] },
     record: object,
   ) => {
+    pendingStopRecords.delete(assetId);
     try {
       twins.command(assetId, { modes: change });
       twins.writeMeasured(assetId, { estop: JSON.stringify(record) });
     } catch (err) {
       log.warn("twin e-stop record not written", { asset: assetId, error: err });
+    }
+  };
+  const twinShowsStop = (assetId: string): boolean => {
+    try {
+      const modes = twins.get(assetId).fields.modes?.value;
+      return Array.isArray(modes) && modes.includes("estop");
+    } catch {
+      return false;
     }
   };
   estop.onEvent((event) => {
@@ -249,7 +264,10 @@ async function assemble(
         late: r.late,
         latencyMs,
       };
-      for (const id of r.assets ?? []) markTwin(id, { add: ["estop"] }, record);
+      for (const id of r.assets ?? []) {
+        if (twinShowsStop(id)) pendingStopRecords.set(id, JSON.stringify(record));
+        else markTwin(id, { add: ["estop"] }, record);
+      }
     }
     if (event.type === "released") {
       const record = { id: event.resetId, kind: "reset", cleared: event.cleared };
@@ -378,16 +396,25 @@ async function assemble(
     for (const arm of arms) arm.tick(now);
   }, 1000 / config.telemetryHz);
   cleanups.unshift(["telemetry", () => clearInterval(telemetryTimer)]);
-  const twinTimer = setInterval(() => {
-    for (const [assetId, update] of measured.drain()) {
+  const writeMeasuredState = (updates: Map<string, MeasuredUpdate>) => {
+    // Stopped arms send no telemetry: their pending stop records go alone.
+    for (const [assetId, estop] of pendingStopRecords) {
+      updates.set(assetId, { ...updates.get(assetId), estop });
+    }
+    pendingStopRecords.clear();
+    for (const [assetId, update] of updates) {
       try {
         twins.writeMeasured(assetId, update);
       } catch (err) {
         log.warn("twin measured write refused", { asset: assetId, error: err });
       }
     }
-  }, config.twinSummaryMs);
-  cleanups.unshift(["twin-writer", () => clearInterval(twinTimer)]);
+  };
+  const twinTimer = setInterval(() => writeMeasuredState(measured.drain()), config.twinSummaryMs);
+  cleanups.unshift(["twin-writer", () => {
+    clearInterval(twinTimer);
+    writeMeasuredState(new Map()); // pending stop records, before the twins flush and stop
+  }]);
 
   const loopLag = new LoopLagMonitor();
   loopLag.start();

@@ -24,7 +24,7 @@ Deno.test("the HTTP API answers and malformed requests get 4xx with a JSON error
     name: "api",
     factory: uniqueFactory("api"),
     dir: tempDir("api"),
-    extraArgs: ["--no-mdns"],
+    extraArgs: ["--no-mdns", "--twin-summary-ms", "300"],
   });
   const base = gateway.http;
   try {
@@ -88,6 +88,20 @@ Deno.test("the HTTP API answers and malformed requests get 4xx with a JSON error
     );
     assertEquals(twin.fields.modes?.value, ["estop"]);
     assertEquals(JSON.parse(String(twin.fields["estop.last"]?.value)).id, stop.body.id);
+    // A repeat stop of the stopped arm reaches the twin with the next measured-state write.
+    const again = await postJson<{ id: string }>(gateway, "/estop", {
+      target: { asset: "api.arm-0" },
+      reason: "api test, again",
+    });
+    assertEquals(again.status, 202);
+    const lastStopId = async () => {
+      const view = await getJson<{ fields: Record<string, { value: unknown }> }>(
+        gateway,
+        "/twins/api.arm-0",
+      );
+      return JSON.parse(String(view.fields["estop.last"]?.value)).id;
+    };
+    assert(await eventually(async () => (await lastStopId()) === again.body.id, 3_000));
     // A motion command while latched is refused: the stop wins.
     const motion = await raw(base, "/twins/api.arm-0/commands", {
       method: "POST",
