@@ -104,6 +104,8 @@ export const FORWARD_DELAY_MS = 1_000;
  * meanwhile, and a partition heals a second later.
  */
 export const CONNECT_SYNC_DELAY_MS = 1_000;
+/** Compactions per publish tick (each is a full `save()` of one twin). */
+export const MAX_COMPACTIONS_PER_TICK = 2;
 /** Concurrent inbound sync sessions per connection: a reconnect may overlap the old one. */
 export const MAX_INBOUND_SYNC_STREAMS = 2;
 /** Concurrent outbound sync sessions per connection. */
@@ -364,6 +366,8 @@ class DefaultTwinService implements TwinService {
   #soon: ReturnType<typeof setTimeout> | undefined;
   #parkedCheck: ReturnType<typeof setTimeout> | undefined;
   #forwardTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Twins past their chunk limit, compacted a few per tick. */
+  #compactDue = new Set<string>();
   #connectTimers = new Set<ReturnType<typeof setTimeout>>();
   /** Peers a catch-up session is to be forwarded to, with the sources to skip. */
   #forwardSources = new Set<string>();
@@ -659,7 +663,15 @@ class DefaultTwinService implements TwinService {
     }
     const due = storage.appendChunks(chunks, this.#init.compactAfterChunks);
     this.#counters.persisted_chunks += chunks.length;
-    for (const assetId of due) this.#compact(assetId);
+    for (const assetId of due) this.#compactDue.add(assetId);
+    // Twins written at the same rate come due in the same tick; a few per
+    // tick keeps compaction from stalling the event loop for all of them.
+    let budget = MAX_COMPACTIONS_PER_TICK;
+    for (const assetId of this.#compactDue) {
+      if (budget-- === 0) break;
+      this.#compactDue.delete(assetId);
+      this.#compact(assetId);
+    }
   }
 
   #compact(assetId: string): void {

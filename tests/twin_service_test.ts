@@ -5,6 +5,7 @@ import { HybridLogicalClock } from "../protocols/hlc.ts";
 import { TWIN_SYNC_PROTOCOL } from "../protocols/twin_codec.ts";
 import {
   createTwinService,
+  MAX_COMPACTIONS_PER_TICK,
   type OwnedAsset,
   type TwinCommand,
   TwinOwnershipError,
@@ -26,13 +27,16 @@ interface Gateway {
 async function startGateway(
   name: string,
   ownedAssets: OwnedAsset[],
-  options: { dbPath?: string; node?: TestNode } = {},
+  options: { dbPath?: string; node?: TestNode; compactAfterChunks?: number } = {},
 ): Promise<Gateway> {
   const node = options.node ?? await makeTestNode();
   const db = new DatabaseSync(options.dbPath ?? ":memory:");
   const logger = memoryLogger();
   const clock = new HybridLogicalClock({ node: node.peerId.toString() });
-  const service = createTwinService({ antiEntropyIntervalMs: 0 }, {
+  const service = createTwinService({
+    antiEntropyIntervalMs: 0,
+    compactAfterChunks: options.compactAfterChunks,
+  }, {
     libp2p: node,
     db,
     clock,
@@ -241,6 +245,34 @@ Deno.test({
     } finally {
       await a.stop();
       await b.stop();
+    }
+  },
+});
+
+Deno.test({
+  name: "twins that come due for compaction together are compacted a few per tick, all of them",
+  ...options,
+  fn: async () => {
+    const ids = Array.from({ length: 12 }, (_, i) => `arm-${i}`);
+    const a = await startGateway("gw-a", ids.map((id) => ({ id, kind: "welding-arm" })), {
+      compactAfterChunks: 3,
+    });
+    try {
+      // The twelve reach the limit in the same tick; no tick compacts more than the budget.
+      const flush = async () => {
+        const before = a.service.stats().compactions;
+        await a.service.flushNow();
+        const done = a.service.stats().compactions - before;
+        ok(done <= MAX_COMPACTIONS_PER_TICK, `${done} compactions in one tick`);
+      };
+      for (let round = 0; round < 3; round++) {
+        for (const id of ids) a.service.writeMeasured(id, { counters: { runtimeMs: 10 } });
+        await flush();
+      }
+      for (let tick = 0; tick < 6; tick++) await flush();
+      equal(a.service.stats().compactions, ids.length);
+    } finally {
+      await a.stop();
     }
   },
 });
