@@ -22,7 +22,8 @@
  * Targets: lost 0, p99 ≤ 5 ms, p50 ≤ 1 ms.
  *
  * Options: `--gateways n` (10), `--arms n` (10), `--hz n` (100), `--stops n`
- * (1000), `--interval-ms n` (15), `--seed n` (1), `--allow-local` (origin may
+ * (1000), `--interval-ms n` (15), `--warmup-ms n` (10000: running before the
+ * first stop), `--seed n` (1), `--allow-local` (origin may
  * own the asset; such stops never leave the process), `--keep` (keep data dirs
  * and logs), `--in-process` (the earlier variant: the e-stop service alone, all
  * gateways in this process, no adapter or telemetry work besides a JSON probe).
@@ -66,6 +67,7 @@ interface Options {
   hz: number;
   stops: number;
   intervalMs: number;
+  warmupMs: number;
   seed: number;
   allowLocal: boolean;
   keep: boolean;
@@ -116,6 +118,7 @@ function parseOptions(args: string[]): Options {
       hz: { type: "string", default: "100" },
       stops: { type: "string", default: "1000" },
       "interval-ms": { type: "string", default: "15" },
+      "warmup-ms": { type: "string", default: "10000" },
       seed: { type: "string", default: "1" },
       "allow-local": { type: "boolean", default: false },
       keep: { type: "boolean", default: false },
@@ -136,6 +139,7 @@ function parseOptions(args: string[]): Options {
     hz: num("hz", values.hz, 1),
     stops: num("stops", values.stops, 1),
     intervalMs: num("interval-ms", values["interval-ms"], 0),
+    warmupMs: num("warmup-ms", values["warmup-ms"], 0),
     seed: num("seed", values.seed, 0),
     allowLocal: values["allow-local"],
     keep: values.keep,
@@ -267,8 +271,11 @@ async function runProcesses(options: Options): Promise<EstopBenchReport> {
       }
       await sleep(250);
     }
-    // Telemetry, detectors and twin writers run for a while before the first stop.
-    await sleep(2_000);
+    // Telemetry, detectors and twin writers run for a while before the first
+    // stop: the figures are for the steady background load, after the start-up
+    // work (catch-up sessions 1 s after each connection, the first
+    // measured-state writes at 5 s).
+    await sleep(options.warmupMs);
 
     const random = mulberry32(options.seed);
     const issued: Issued[] = [];
@@ -404,6 +411,7 @@ async function runProcesses(options: Options): Promise<EstopBenchReport> {
       arms: options.gateways * options.arms,
       telemetry_hz: options.hz,
       interval_ms: options.intervalMs,
+      warmup_ms: options.warmupMs,
       measured: latencies.length,
       links_at_start: linksAtStart,
       links_wanted: wanted,
