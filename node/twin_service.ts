@@ -212,8 +212,9 @@ export interface TwinServiceComponents {
   readonly random?: () => number;
   /**
    * True for a peer found by LAN discovery: every gateway of the factory
-   * finds it the same way and links to it directly, so what it sends needs
-   * no forwarding (see #forward). Without it every catch-up is forwarded.
+   * finds it the same way and links to it directly, so what it sends is
+   * forwarded only across bridges (see #forward). Without it every
+   * catch-up is forwarded to every peer.
    */
   readonly foundOnLan?: (peerId: string) => boolean;
 }
@@ -863,8 +864,7 @@ class DefaultTwinService implements TwinService {
       // (a healed partition); later ones carry what gossip is also bringing.
       const catchUp = !this.#syncedSinceConnect.has(peer);
       this.#syncedSinceConnect.add(peer);
-      const news = seen.changed.size > 0 && (seen.created.size > 0 || catchUp);
-      if (news && !this.#components.foundOnLan?.(peer)) this.#forward(peer);
+      if (seen.changed.size > 0 && (seen.created.size > 0 || catchUp)) this.#forward(peer);
     } catch (error) {
       this.#counters.sync_sessions_failed++;
       const name = error instanceof Error ? error.name : "";
@@ -892,8 +892,9 @@ class DefaultTwinService implements TwinService {
    * session (the first after a connection opened, on either side) that
    * brought anything, or any session that brought new twins, starts a
    * session with every other connected peer, coalesced and
-   * {@link FORWARD_DELAY_MS} later, unless the source was found on the LAN
-   * (the others are linked to it too): one hop, which covers a
+   * {@link FORWARD_DELAY_MS} later; what came from a peer found on the LAN
+   * goes only to peers across a bridge (the LAN's gateways are linked to
+   * its source too): one hop, which covers a
    * factory (its gateways are all linked by mDNS) behind a bridge. Further
    * hops catch up by gap detection on the next gossip change and by
    * anti-entropy. Other sessions are not forwarded: what they bring on a
@@ -909,9 +910,15 @@ class DefaultTwinService implements TwinService {
       const sources = this.#forwardSources;
       this.#forwardSources = new Set();
       if (!this.#started) return;
+      const onLan = (peer: string) => this.#components.foundOnLan?.(peer) ?? false;
+      // Gateways found on the LAN are all linked to each other: news from one
+      // of them needs passing on only to peers across a bridge (configured).
+      const fromBridge = [...sources].some((source) => !onLan(source));
       for (const peer of this.#components.libp2p.getPeers()) {
-        // A peer is skipped only when it is the one source: it has what it sent.
-        if (sources.size === 1 && sources.has(peer.toString())) continue;
+        const id = peer.toString();
+        // A peer is skipped when it is the one source: it has what it sent.
+        if (sources.size === 1 && sources.has(id)) continue;
+        if (!fromBridge && onLan(id)) continue;
         void this.#syncFor("forward", peer);
       }
     }, FORWARD_DELAY_MS);
