@@ -169,13 +169,27 @@ export async function waitHealthy(
   for (let waitedMs = 0; waitedMs <= timeoutMs; waitedMs += pollMs) {
     const response = await api(host, "GET", "/health").catch(() => undefined);
     if (response?.status === 200) return;
-    if (record !== undefined && !isAlive(record)) {
+    if (record !== undefined && !isAlive(record) && !(await aliveAfterRecheck(record))) {
       const log = await Deno.readTextFile(record.logPath).catch(() => "");
       throw new GatewayExitedError(host.gatewayName, log.slice(-1500));
     }
     await sleep(pollMs);
   }
   throw new TestbedTimeoutError(`gateway ${host.gatewayName} /health`, timeoutMs);
+}
+
+/**
+ * A second look before declaring a start failed: while the spawn wrappers
+ * (setsid, sh, ip netns exec) exec the gateway, `/proc/<pid>/environ` can read
+ * empty for a moment, and the marker check then says "gone" (seen once as a
+ * restarted gateway "exited during start" with a clean log).
+ */
+async function aliveAfterRecheck(record: ProcRecord): Promise<boolean> {
+  for (let i = 0; i < 3; i++) {
+    await sleep(50);
+    if (isAlive(record)) return true;
+  }
+  return false;
 }
 
 /** One API response: status and parsed JSON body (undefined when not JSON). */
