@@ -172,6 +172,34 @@ export class TwinSyncSession {
 
   /** Handles one frame from the peer; returns frames to send. Throws {@link TwinSyncProtocolError}. */
   receive(frame: SyncFrame): SyncFrame[] {
+    const steps = this.#receiveSteps(frame);
+    for (;;) {
+      const step = steps.next();
+      if (step.done) return step.value;
+    }
+  }
+
+  /**
+   * As {@link receive}, but between two twins of a round it awaits `pause()`
+   * whenever `due()` says so: a round over many changed twins is the longest
+   * piece of work a session does, and nothing else on the event loop (e-stop
+   * frames among it) runs until it ends.
+   */
+  async receivePausing(
+    frame: SyncFrame,
+    due: () => boolean,
+    pause: () => Promise<void>,
+  ): Promise<SyncFrame[]> {
+    const steps = this.#receiveSteps(frame);
+    for (;;) {
+      const step = steps.next();
+      if (step.done) return step.value;
+      if (due()) await pause();
+    }
+  }
+
+  /** The work of `receive`, yielding between the twins of a round. */
+  *#receiveSteps(frame: SyncFrame): Generator<void, SyncFrame[]> {
     if (this.#phase === "await-hello") {
       if (frame.type !== "hello") {
         throw new TwinSyncProtocolError(`expected hello, got ${frame.type}`);
@@ -179,7 +207,7 @@ export class TwinSyncSession {
       this.#chooseDocs(frame);
       this.#phase = "rounds";
       if (this.role === "responder") return [this.#hello()];
-      return this.#round(false);
+      return yield* this.#round(false);
     }
     if (this.#phase !== "rounds") {
       throw new TwinSyncProtocolError(`unexpected ${frame.type} frame after the session ended`);
@@ -198,7 +226,7 @@ export class TwinSyncSession {
       this.#phase = "done";
       return [];
     }
-    return this.#round(peerEmpty);
+    return yield* this.#round(peerEmpty);
   }
 
   #hello(): SyncFrame {
@@ -282,7 +310,7 @@ export class TwinSyncSession {
     return this.#lastHeads.get(assetId) === heads && !this.#heardFrom.has(assetId);
   }
 
-  #round(peerEmpty: boolean): SyncFrame[] {
+  *#round(peerEmpty: boolean): Generator<void, SyncFrame[]> {
     if (this.stats.rounds >= this.#maxRounds) {
       this.#phase = "done";
       return [{ type: "end-round" }];
@@ -305,6 +333,7 @@ export class TwinSyncSession {
         this.#outgoing.push(...chunkSyncMessage(assetId, message));
         this.stats.messagesSent++;
       }
+      yield;
     }
     const frames: SyncFrame[] = [];
     let bytes = 0;
@@ -410,7 +439,13 @@ export async function runTwinSyncSession(
         if (error instanceof TwinCodecError) throw error;
         throw new TwinCodecError(`undecodable sync frame: ${error}`);
       }
-      await send(session.receive(frame));
+      const due = () => performance.now() - sliceStart > SYNC_YIELD_AFTER_MS;
+      await send(
+        await session.receivePausing(frame, due, async () => {
+          await yieldToEventLoop();
+          sliceStart = performance.now();
+        }),
+      );
     }
     await stream.close({ signal });
     return { bytesSent, bytesReceived };

@@ -73,6 +73,37 @@ Deno.test("twins whose heads match in both hellos cost no sync message; a change
   equal(again.stats.messagesSent + againPeer.stats.messagesSent, 0);
 });
 
+Deno.test("a round over several twins can hand the event loop back between twins", async () => {
+  const a = makeReplica("gw-a");
+  const b = makeReplica("gw-b");
+  for (let i = 0; i < 5; i++) {
+    a.create(`arm-${i}`, "welding-arm");
+    a.write(`arm-${i}`, [{ op: "set", field: "setpoints.weldCurrentA", value: 100 + i }], "any");
+  }
+  a.flush();
+  const initiator = new TwinSyncSession("initiator", a);
+  const responder = new TwinSyncSession("responder", b);
+  const [hello] = initiator.start();
+  responder.start();
+  const [answer] = responder.receive(hello!);
+  let pauses = 0;
+  const round = await initiator.receivePausing(answer!, () => true, () => {
+    pauses++;
+    return Promise.resolve();
+  });
+  equal(pauses, 5); // one after each twin's sync message
+  equal(round.filter((f) => f.type === "sync").length, 5);
+  // The rest of the session, without pauses, converges as usual.
+  let toB = round;
+  for (let turn = 0; turn < 50 && toB.length > 0; turn++) {
+    const toA = responder.done ? [] : toB.flatMap((f) => responder.receive(f));
+    toB = initiator.done ? [] : toA.flatMap((f) => initiator.receive(f));
+  }
+  for (let i = 0; i < 5; i++) {
+    deepStrictEqual(b.state(`arm-${i}`).fields, a.state(`arm-${i}`).fields);
+  }
+});
+
 Deno.test("a version-1 hello (no heads digests) is still understood", () => {
   // tag, version 1, one factory "f1", one twin "arm-1" of "f1"
   const v1 = new Uint8Array([
