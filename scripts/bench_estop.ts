@@ -406,6 +406,11 @@ async function runProcesses(options: Options): Promise<EstopBenchReport> {
       p50_ms: p(0.5),
       p99_ms: p(0.99),
       max_ms: latencies.length ? round3(latencies.at(-1)!) : null,
+      p90_ms: p(0.9),
+      p95_ms: p(0.95),
+      // How the tail is shaped: stops slower than 5 ms and 50 ms.
+      over_5ms: latencies.filter((ms) => ms > 5).length,
+      over_50ms: latencies.filter((ms) => ms > 50).length,
       variant: "processes",
       gateways: options.gateways,
       arms: options.gateways * options.arms,
