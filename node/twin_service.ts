@@ -261,8 +261,11 @@ export interface TwinService {
   stats(): TwinServiceStats;
   /** Commit, publish and persist now (tests; shutdown does this too). */
   flushNow(): Promise<void>;
-  /** Runs one sync session with `peer` now; resolves when it ends (errors are counted). */
-  syncWith(peer: PeerId): Promise<void>;
+  /**
+   * Runs one sync session with `peer` now (after the running one, if any);
+   * resolves when it ends (errors are counted). `scope` limits it to those twins.
+   */
+  syncWith(peer: PeerId, scope?: ReadonlySet<string>): Promise<void>;
 }
 
 /** Flat counters (monotonic) and gauges of the service; every value is a number. */
@@ -358,6 +361,8 @@ class DefaultTwinService implements TwinService {
   #syncing = new Map<string, Promise<void>>();
   /** Peers with a completed session since their connection opened (see #forward). */
   #syncedSinceConnect = new Set<string>();
+  /** Per peer, the twins the next session must cover ("all" unless only gaps are wanted). */
+  #scopes = new Map<string, Set<string> | "all">();
   /** Peers asked for a sync while one was running: it may be past its last round, so run again. */
   #syncAgain = new Set<string>();
   #inbound = new Set<Promise<unknown>>();
@@ -517,21 +522,32 @@ class DefaultTwinService implements TwinService {
   }
 
   /** Starts (or queues) a session, counted by why it was wanted. */
-  #syncFor(reason: SyncReason, peer: PeerId): Promise<void> {
+  #syncFor(reason: SyncReason, peer: PeerId, scope?: ReadonlySet<string>): Promise<void> {
     this.#counters[`sync_wanted_${reason}`]++;
-    return this.syncWith(peer);
+    return this.syncWith(peer, scope);
   }
 
-  syncWith(peer: PeerId): Promise<void> {
+  syncWith(peer: PeerId, scope?: ReadonlySet<string>): Promise<void> {
+    const key = peer.toString();
+    const wanted = this.#scopes.get(key);
+    if (scope === undefined || wanted === "all") this.#scopes.set(key, "all");
+    else this.#scopes.set(key, new Set([...(wanted ?? []), ...scope]));
+    return this.#runQueued(peer);
+  }
+
+  /** Runs the session wanted with `peer`, or queues one more after the running one. */
+  #runQueued(peer: PeerId): Promise<void> {
     const key = peer.toString();
     const running = this.#syncing.get(key);
     if (running) {
       this.#syncAgain.add(key);
       return running;
     }
-    const session = this.#runOutbound(peer).finally(() => {
+    const scope = this.#scopes.get(key);
+    this.#scopes.delete(key);
+    const session = this.#runOutbound(peer, scope === "all" ? undefined : scope).finally(() => {
       this.#syncing.delete(key);
-      if (this.#syncAgain.delete(key) && this.#started) void this.syncWith(peer);
+      if (this.#syncAgain.delete(key) && this.#started) void this.#runQueued(peer);
     });
     this.#syncing.set(key, session);
     return session;
@@ -766,7 +782,10 @@ class DefaultTwinService implements TwinService {
     if (this.#parkedCheck !== undefined) return;
     this.#parkedCheck = setTimeout(() => {
       this.#parkedCheck = undefined;
-      if (this.#started && this.#replica.parkedChanges() > 0) this.#fetchMissing(publisher);
+      // Only the twins still waiting take part: a session over every twin
+      // would send a message for each one a change is in flight for.
+      const parked = this.#replica.parkedTwins();
+      if (this.#started && parked.size > 0) this.#fetchMissing(publisher, parked);
     }, PARKED_GRACE_MS);
   }
 
@@ -778,16 +797,16 @@ class DefaultTwinService implements TwinService {
    * anti-entropy. Any neighbour on the path has the gap or fetches it (and
    * forwards it, see #forward), so sync with one of them instead.
    */
-  #fetchMissing(publisher: PeerId | undefined): void {
+  #fetchMissing(publisher: PeerId | undefined, scope?: ReadonlySet<string>): void {
     const peers = this.#components.libp2p.getPeers();
     const linked = publisher && peers.find((peer) => peer.equals(publisher));
     if (linked) {
-      void this.#syncFor("gap", linked);
+      void this.#syncFor("gap", linked, scope);
       return;
     }
     if (peers.length === 0) return;
     const random = this.#components.random ?? Math.random;
-    void this.#syncFor("gap", peers[Math.floor(random() * peers.length)]!);
+    void this.#syncFor("gap", peers[Math.floor(random() * peers.length)]!, scope);
   }
 
   // --- sync sessions ---
@@ -819,7 +838,7 @@ class DefaultTwinService implements TwinService {
     void this.#syncFor("anti_entropy", peer);
   }
 
-  async #runOutbound(peer: PeerId): Promise<void> {
+  async #runOutbound(peer: PeerId, scope?: ReadonlySet<string>): Promise<void> {
     if (!this.#started) return;
     const { libp2p, logger } = this.#components;
     let stream: Stream;
@@ -830,7 +849,7 @@ class DefaultTwinService implements TwinService {
       logger.debug("twin sync dial failed", { peer: peer.toString(), error: String(error) });
       return;
     }
-    await this.#runSession(stream, peer.toString(), "initiator");
+    await this.#runSession(stream, peer.toString(), "initiator", scope);
   }
 
   #onSyncStream = (stream: Stream, connection: Connection): void => {
@@ -839,7 +858,12 @@ class DefaultTwinService implements TwinService {
     void session.finally(() => this.#inbound.delete(session));
   };
 
-  async #runSession(stream: Stream, peer: string, role: "initiator" | "responder"): Promise<void> {
+  async #runSession(
+    stream: Stream,
+    peer: string,
+    role: "initiator" | "responder",
+    scope?: ReadonlySet<string>,
+  ): Promise<void> {
     if (!this.#started) {
       stream.abort(new Error("twin service stopped"));
       return;
@@ -847,7 +871,7 @@ class DefaultTwinService implements TwinService {
     if (role === "responder") this.#counters.sync_sessions_inbound++;
     const states = this.#rememberedStates(peer);
     const seen: SessionFindings = { changed: new Set(), created: new Set() };
-    const session = new TwinSyncSession(role, this.#recordingTarget(seen), { states });
+    const session = new TwinSyncSession(role, this.#recordingTarget(seen), { states, scope });
     const signal = AbortSignal.any([this.#abort.signal, AbortSignal.timeout(120_000)]);
     try {
       const result = await runTwinSyncSession(stream, session, { signal });
@@ -860,11 +884,14 @@ class DefaultTwinService implements TwinService {
         twinsChanged: seen.changed.size,
         ...session.stats,
       });
-      // The first session after a (re)connection carries what the link missed
-      // (a healed partition); later ones carry what gossip is also bringing.
-      const catchUp = !this.#syncedSinceConnect.has(peer);
-      this.#syncedSinceConnect.add(peer);
-      if (seen.changed.size > 0 && (seen.created.size > 0 || catchUp)) this.#forward(peer);
+      // The first full session after a (re)connection carries what the link
+      // missed (a healed partition); later ones carry what gossip is also
+      // bringing. A scoped session fetched a known gap: it is neither.
+      if (!session.scoped) {
+        const catchUp = !this.#syncedSinceConnect.has(peer);
+        this.#syncedSinceConnect.add(peer);
+        if (seen.changed.size > 0 && (seen.created.size > 0 || catchUp)) this.#forward(peer);
+      }
     } catch (error) {
       this.#counters.sync_sessions_failed++;
       const name = error instanceof Error ? error.name : "";

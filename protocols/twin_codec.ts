@@ -16,8 +16,8 @@
 /** Gossip message format version (also in the topic name). */
 export const TWIN_GOSSIP_VERSION = 1;
 /**
- * Sync session format version. 2 added the heads digest per twin in the hello;
- * a version-1 hello (no digests) is still accepted.
+ * Sync session format version. 2 added a flags byte (scoped sessions) and the
+ * heads digest per twin to the hello; a version-1 hello is still accepted.
  */
 export const TWIN_SYNC_VERSION = 2;
 /** Longest heads digest in a hello (see `headsDigest` in twin_sync.ts). */
@@ -99,6 +99,8 @@ export type SyncFrame =
     readonly type: "hello";
     readonly factories: readonly string[];
     readonly docs: readonly HelloDoc[];
+    /** Only the twins listed take part (a session fetching a known gap). */
+    readonly scoped?: boolean;
   }
   | {
     readonly type: "sync";
@@ -114,6 +116,8 @@ const TAG_GOSSIP = 0x47; // 'G'
 const TAG_HELLO = 0x01;
 const TAG_SYNC = 0x02;
 const TAG_END_ROUND = 0x03;
+/** Hello flag (version 2): only the listed twins take part. */
+const HELLO_SCOPED = 0x01;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder("utf-8", { fatal: true });
@@ -162,7 +166,8 @@ export function encodeSyncFrame(frame: SyncFrame): Uint8Array {
   const out = new ByteWriter();
   switch (frame.type) {
     case "hello":
-      out.byte(TAG_HELLO).byte(TWIN_SYNC_VERSION).uint(frame.factories.length);
+      out.byte(TAG_HELLO).byte(TWIN_SYNC_VERSION).byte(frame.scoped ? HELLO_SCOPED : 0);
+      out.uint(frame.factories.length);
       for (const factory of frame.factories) out.string(factory);
       out.uint(frame.docs.length);
       for (const doc of frame.docs) {
@@ -194,6 +199,8 @@ export function decodeSyncFrame(bytes: Uint8Array): SyncFrame {
     if (version !== TWIN_SYNC_VERSION && version !== 1) {
       throw new TwinCodecError(`sync version ${version}; expected 1 or ${TWIN_SYNC_VERSION}`);
     }
+    const flags = version === 1 ? 0 : input.byte();
+    if ((flags & ~HELLO_SCOPED) !== 0) throw new TwinCodecError(`unknown hello flags ${flags}`);
     const factories: string[] = [];
     const factoryCount = input.count("factories", MAX_HELLO_FACTORIES);
     for (let i = 0; i < factoryCount; i++) factories.push(input.id("factory"));
@@ -204,7 +211,9 @@ export function decodeSyncFrame(bytes: Uint8Array): SyncFrame {
       const factory = input.id("factory");
       docs.push(version === 1 ? { assetId, factory } : { assetId, factory, heads: input.digest() });
     }
-    frame = { type: "hello", factories, docs };
+    frame = flags & HELLO_SCOPED
+      ? { type: "hello", factories, docs, scoped: true }
+      : { type: "hello", factories, docs };
   } else if (tag === TAG_SYNC) {
     const assetId = input.id("asset id");
     const part = input.uint();

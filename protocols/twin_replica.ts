@@ -262,6 +262,13 @@ export class TwinReplica implements TwinSyncTarget {
     return gap;
   }
 
+  /** Twins holding gossip changes parked for missing dependencies. */
+  parkedTwins(): Set<string> {
+    const ids = new Set<string>();
+    for (const [assetId, entry] of this.#entries) if (entry.doc.parkedChanges > 0) ids.add(assetId);
+    return ids;
+  }
+
   /** Gossip changes parked for missing dependencies, over all twins. */
   parkedChanges(): number {
     let parked = 0;

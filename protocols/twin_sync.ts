@@ -125,6 +125,8 @@ export class TwinSyncSession {
   #target: TwinSyncTarget;
   #phase: Phase = "start";
   #docs: string[] = [];
+  /** Twins this session is limited to (set by the initiator, adopted by the responder). */
+  #scope: ReadonlySet<string> | undefined;
   #states = new Map<string, TwinSyncState>();
   /** Per twin: heads when we last generated a message, and whether the peer spoke since. */
   readonly #lastHeads = new Map<string, string>();
@@ -145,12 +147,24 @@ export class TwinSyncSession {
   constructor(
     role: "initiator" | "responder",
     target: TwinSyncTarget,
-    options: { states?: Map<string, TwinSyncState>; maxRounds?: number } = {},
+    options: {
+      states?: Map<string, TwinSyncState>;
+      maxRounds?: number;
+      /** Initiator only: sync just these twins (a known gap), not every shared one. */
+      scope?: ReadonlySet<string>;
+    } = {},
   ) {
     this.role = role;
     this.#target = target;
+    assert(options.scope === undefined || role === "initiator", "only the initiator scopes");
+    this.#scope = options.scope;
     this.#states = options.states ?? new Map();
     this.#maxRounds = options.maxRounds ?? MAX_SYNC_ROUNDS;
+  }
+
+  /** True when the session covers only the initiator's listed twins (a gap fetch). */
+  get scoped(): boolean {
+    return this.#scope !== undefined;
   }
 
   /** True once both sides sent an empty round (or the round limit was hit). */
@@ -231,20 +245,32 @@ export class TwinSyncSession {
 
   #hello(): SyncFrame {
     const shared = new Set(this.#target.factories);
+    const scope = this.#scope;
     const docs = this.#target.listDocs()
-      .filter((d) => shared.has(d.factory))
+      .filter((d) => shared.has(d.factory) && (scope === undefined || scope.has(d.assetId)))
       .map((d) => ({ ...d, heads: headsDigest(this.#target.heads?.(d.assetId)) }));
-    return { type: "hello", factories: [...this.#target.factories], docs };
+    const factories = [...this.#target.factories];
+    return scope === undefined
+      ? { type: "hello", factories, docs }
+      : { type: "hello", factories, docs, scoped: true };
   }
 
   #chooseDocs(hello: Extract<SyncFrame, { type: "hello" }>): void {
+    // A scoped hello limits the responder to the initiator's list of twins.
+    if (this.role === "responder" && hello.scoped) {
+      this.#scope = new Set(hello.docs.map((d) => d.assetId));
+    }
+    const scope = this.#scope;
+    const inScope = (assetId: string) => scope === undefined || scope.has(assetId);
     const theirs = new Set(hello.factories);
     const shared = new Set(this.#target.factories.filter((f) => theirs.has(f)));
     const ids = new Set<string>();
-    for (const doc of this.#target.listDocs()) if (shared.has(doc.factory)) ids.add(doc.assetId);
+    for (const doc of this.#target.listDocs()) {
+      if (shared.has(doc.factory) && inScope(doc.assetId)) ids.add(doc.assetId);
+    }
     for (const doc of hello.docs) {
       if (
-        shared.has(doc.factory) &&
+        shared.has(doc.factory) && inScope(doc.assetId) &&
         (ids.has(doc.assetId) || this.#target.ensureDoc(doc.assetId, doc.factory))
       ) {
         ids.add(doc.assetId);

@@ -104,6 +104,29 @@ Deno.test("a round over several twins can hand the event loop back between twins
   }
 });
 
+Deno.test("a scoped session syncs only the listed twins, on both sides", async () => {
+  const a = makeReplica("gw-a");
+  const b = makeReplica("gw-b");
+  a.create("arm-2", "welding-arm");
+  syncInMemory(a, b); // b knows arm-2 (as a gateway with a gap in it would)
+  for (const id of ["arm-1", "arm-2", "arm-3"]) {
+    if (id !== "arm-2") a.create(id, "welding-arm");
+    a.write(id, [{ op: "set", field: "setpoints.weldCurrentA", value: 120 }], "any");
+  }
+  a.flush();
+  const [outbound, inbound] = await streamPair();
+  const initiator = new TwinSyncSession("initiator", b, { scope: new Set(["arm-2"]) });
+  const responder = new TwinSyncSession("responder", a);
+  await Promise.all([
+    runTwinSyncSession(outbound, initiator),
+    runTwinSyncSession(inbound, responder),
+  ]);
+  ok(initiator.scoped && responder.scoped);
+  ok(b.has("arm-2"));
+  equal(b.state("arm-2").fields["setpoints.weldCurrentA"]?.value, 120);
+  ok(!b.has("arm-1") && !b.has("arm-3"), "twins outside the scope stay out");
+});
+
 Deno.test("a version-1 hello (no heads digests) is still understood", () => {
   // tag, version 1, one factory "f1", one twin "arm-1" of "f1"
   const v1 = new Uint8Array([
@@ -139,6 +162,8 @@ Deno.test("a version-1 hello (no heads digests) is still understood", () => {
     factories: ["f1"],
     docs: [{ assetId: "arm-1", factory: "f1", heads: "00ff" }],
   });
+  const scoped = { type: "hello" as const, factories: ["f1"], docs: [], scoped: true };
+  deepStrictEqual(decodeSyncFrame(encodeSyncFrame(scoped)), scoped);
 });
 
 Deno.test("a sync session skips twins of factories the peer does not replicate", () => {
