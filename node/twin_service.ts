@@ -375,7 +375,7 @@ class DefaultTwinService implements TwinService {
   /** Twins past their chunk limit, compacted a few per tick. */
   #compactDue = new Set<string>();
   #connectTimers = new Set<ReturnType<typeof setTimeout>>();
-  /** Peers a catch-up session is to be forwarded to, with the sources to skip. */
+  /** Peers whose catch-up sessions are waiting to be forwarded (see #forward). */
   #forwardSources = new Set<string>();
   #lastTickAtMs = 0;
   #abort = new AbortController();
