@@ -38,6 +38,7 @@ import {
   getJson,
   spawnGateway,
   stopGateway,
+  sumMetrics,
   waitReady,
 } from "./mesh_processes.ts";
 // What the twin service uses unless the gateway passes `publishIntervalMs` (it does not).
@@ -372,19 +373,11 @@ const EXPLAINING_COUNTERS = [
 async function twinCounters(
   gateways: readonly GatewayProcess[],
 ): Promise<Record<string, number> | null> {
-  const sums: Record<string, number> = {};
-  try {
-    for (const gateway of gateways) {
-      const text = await (await fetch(`${gateway.http}/metrics`)).text();
-      for (const name of EXPLAINING_COUNTERS) {
-        const line = text.split("\n").find((l) => l.startsWith(`${name} `));
-        sums[name] = (sums[name] ?? 0) + Number(line?.split(" ")[1] ?? NaN);
-      }
-    }
-  } catch {
-    return null;
-  }
-  return sums;
+  const wanted = new RegExp(`^(${EXPLAINING_COUNTERS.join("|")})$`);
+  const found = await sumMetrics(gateways, wanted).catch(() => null);
+  if (found === null) return null;
+  // A counter a gateway does not export shows as NaN, not as zero.
+  return Object.fromEntries(EXPLAINING_COUNTERS.map((name) => [name, found[name] ?? NaN]));
 }
 
 function printTable(result: RunResult, options: Options): void {
