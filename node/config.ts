@@ -41,6 +41,11 @@ export interface GatewayConfig {
   /** Probability per second that a simulated arm develops a fault. */
   faultRatePerS: number;
   logLevel: LogLevel;
+  /**
+   * TCP port of the e-stop thread's own libp2p node (0 = any free port). It
+   * listens on the hosts of `listen` and is announced to peers in identify.
+   */
+  estopPort: number;
   /** Peer IDs holding the operator role (may reset e-stops). */
   operators: string[];
   /** Peer IDs of safety supervisors watched by the e-stop watchdog. */
@@ -71,6 +76,7 @@ export function defaultConfig(): GatewayConfig {
     twinSummaryMs: 5_000,
     faultRatePerS: 0.002,
     logLevel: "info",
+    estopPort: 0,
     operators: [],
     supervisors: [],
     watchdogMs: 0,
@@ -175,6 +181,13 @@ export const FLAGS: readonly FlagSpec[] = [
     kind: "string",
     arg: "<level>",
     help: LOG_LEVELS.join("|"),
+  },
+  {
+    flag: "--estop-port",
+    field: "estopPort",
+    kind: "number",
+    arg: "<port>",
+    help: "e-stop thread's libp2p TCP port (0 = any free port, announced to peers)",
   },
   {
     flag: "--operator",
@@ -358,6 +371,7 @@ export function validateConfig(c: GatewayConfig): void {
   checkRange("twinSummaryMs", c.twinSummaryMs, 100, 60_000, true);
   checkRange("faultRatePerS", c.faultRatePerS, 0, 1, false);
   checkRange("watchdogMs", c.watchdogMs, 0, 3_600_000, true);
+  checkRange("estopPort", c.estopPort, 0, 65_535, true);
   if (!LOG_LEVELS.includes(c.logLevel)) {
     throw new ConfigError("logLevel", LOG_LEVELS.join(" | "), c.logLevel);
   }

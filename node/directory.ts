@@ -5,8 +5,19 @@
  * membership service (names announced in identify).
  */
 import type { EstopTarget } from "../protocols/estop_codec.ts";
-import type { AssetAdapter } from "./assets/adapter.ts";
-import type { Mesh } from "./mesh.ts";
+import type { GatewayIdentity } from "./mesh.ts";
+
+/** The mesh's membership as the directory reads it (the Mesh, or its mirror on the e-stop thread). */
+export interface GatewayRoster {
+  peerIdByName(name: string): string | undefined;
+  knownGateways(): ReadonlyMap<string, GatewayIdentity>;
+}
+
+/** What the directory needs of a local asset. */
+export interface LocatedAsset {
+  readonly id: string;
+  readonly cell: string;
+}
 
 /** The gateway name an asset or cell id belongs to. */
 export function ownerNameOf(id: string): string {
@@ -17,8 +28,8 @@ export function ownerNameOf(id: string): string {
 export class AssetDirectory {
   constructor(
     private readonly self: { peerId: string; name: string; factory: string },
-    private readonly assets: ReadonlyMap<string, AssetAdapter>,
-    private readonly mesh: Mesh,
+    private readonly assets: ReadonlyMap<string, LocatedAsset>,
+    private readonly mesh: GatewayRoster,
   ) {}
 
   ownerOf(assetId: string): string | undefined {

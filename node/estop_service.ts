@@ -119,6 +119,11 @@ export interface EstopComponents extends EstopDirectory {
    * known mesh member so that stops across regions have a link ready.
    */
   linkPeers?(): string[];
+  /**
+   * Peers whose e-stop address is known without a prior connection (the e-stop
+   * thread's node learns them from the main mesh), so a first dial may go ahead.
+   */
+  dialable?(peer: string): boolean;
   /** The adapter's stop. Called synchronously, before the latch is persisted or acked. */
   stopAssets(assetIds: string[], reason: string): void;
   /** The adapter's hold (watchdog `safeState: "hold"`); without it the watchdog stops. */
@@ -753,7 +758,7 @@ class DefaultEstopService implements EstopService {
     if (backoff && this.#nowMs() < backoff.notBeforeMs) return;
     const peerId = this.#peerId(peer);
     if (this.#c.libp2p.getConnections(peerId).length > 0) this.#everConnected.add(peer);
-    if (!this.#everConnected.has(peer)) return;
+    if (!this.#everConnected.has(peer) && !this.#c.dialable?.(peer)) return;
     this.#dialing.add(peer);
     this.#c.libp2p.dialProtocol(peerId, ESTOP_PROTOCOL, {
       signal: AbortSignal.timeout(DIAL_TIMEOUT_MS),

@@ -21,7 +21,7 @@
  * console.assert(storage.load().latch.length === 0);
  * ```
  */
-import type { DatabaseSync, StatementSync } from "node:sqlite";
+import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { assert } from "../protocols/assert.ts";
 import { formatTimestamp, parseTimestamp } from "../protocols/hlc.ts";
 import { isCommandId } from "../protocols/estop_codec.ts";
@@ -281,4 +281,46 @@ function readOutbox(row: Row): OutboxRow {
     frame: new Uint8Array(frame),
     hlcWallMs: integer(row, "hlc_wall_ms"),
   };
+}
+
+const ESTOP_TABLES = ["estop_latch", "estop_known", "estop_outbox"] as const;
+
+/**
+ * Moves the e-stop tables a gateway kept in its main database before the
+ * e-stop thread had its own file into `estopPath` (once: a latch must survive
+ * the upgrade). Rows are copied before the old tables are dropped, so a crash
+ * in between copies again on the next start. Returns the number of rows moved.
+ */
+export function moveEstopTables(db: DatabaseSync, estopPath: string): number {
+  const present = ESTOP_TABLES.filter((table) =>
+    db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").get(table)
+  );
+  if (present.length === 0) return 0;
+  const target = new DatabaseSync(estopPath);
+  try {
+    createEstopStorage(target); // the schema
+  } finally {
+    target.close();
+  }
+  let moved = 0;
+  db.prepare("ATTACH DATABASE ? AS moved_estop").run(estopPath);
+  try {
+    db.exec("BEGIN IMMEDIATE");
+    try {
+      for (const table of present) {
+        moved += Number(
+          db.prepare(`INSERT OR IGNORE INTO moved_estop.${table} SELECT * FROM main.${table}`).run()
+            .changes,
+        );
+        db.exec(`DROP TABLE main.${table}`);
+      }
+      db.exec("COMMIT");
+    } catch (err) {
+      db.exec("ROLLBACK");
+      throw err;
+    }
+  } finally {
+    db.exec("DETACH DATABASE moved_estop");
+  }
+  return moved;
 }

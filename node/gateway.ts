@@ -4,7 +4,9 @@
  */
 import "./deno_compat.ts";
 import { peerIdFromPrivateKey, peerIdFromString } from "@libp2p/peer-id";
-import { HybridLogicalClock } from "../protocols/hlc.ts";
+import { HybridLogicalClock, SharedClockState } from "../protocols/hlc.ts";
+import { join } from "node:path";
+import { privateKeyToProtobuf } from "@libp2p/crypto/keys";
 import type { GatewayConfig } from "./config.ts";
 import { parseHostPort } from "./config.ts";
 import { createLogger, type Logger } from "./log.ts";
@@ -19,9 +21,16 @@ import { registerRoutes } from "./routes.ts";
 import { ESTOP_TOPIC, factoryTopic, GossipBus } from "./gossip.ts";
 import { SimulatedArm } from "./assets/simulated_arm.ts";
 import { type ArmTelemetry, type AssetAdapter, AssetCommandRefused } from "./assets/adapter.ts";
-import { createEstopService, type EstopService } from "./estop_service.ts";
+import {
+  ESTOP_DATABASE_FILE,
+  estopAddresses,
+  type EstopControl,
+  estopListen,
+  startEstopThread,
+} from "./estop_thread.ts";
+import { moveEstopTables } from "./estop_storage.ts";
+import { SafetyLine } from "./safety_line.ts";
 import { createTwinService, type TwinService } from "./twin_service.ts";
-import { AssetDirectory } from "./directory.ts";
 import { Detection } from "./detection.ts";
 import { MeasuredAccumulator } from "./measured.ts";
 import type { MeasuredUpdate } from "../protocols/twin_model.ts";
@@ -31,11 +40,8 @@ import { newTraceId, round, Tracer } from "./trace.ts";
 /** A whole shutdown must fit in this (the operator's expectation: ~2 s). */
 export const SHUTDOWN_BUDGET_MS = 1_800;
 const HLC_META_KEY = "hlc.persistedWallMs";
-/**
- * Measured state goes into the twin once per second per arm: joints, counter
- * deltas and a 1 s summary. Automerge keeps every change forever, so raw
- * telemetry never goes there and this rate bounds history growth.
- */
+/** Exit status when the e-stop thread dies: the gateway cannot stop its assets any more. */
+export const ESTOP_THREAD_FAILED_EXIT = 70;
 
 /** A running gateway. */
 export interface Gateway {
@@ -48,7 +54,8 @@ export interface Gateway {
   readonly assets: ReadonlyMap<string, AssetAdapter>;
   readonly clock: HybridLogicalClock;
   readonly log: Logger;
-  readonly estop: EstopService;
+  /** The e-stop service on its own thread (see node/estop_thread.ts). */
+  readonly estop: EstopControl;
   readonly detection: Detection;
   readonly twins: TwinService;
   /** Stops everything and closes storage; safe to call twice. */
@@ -93,20 +100,83 @@ async function assemble(
   const log = createLogger({ level: config.logLevel, peer: peerId });
   log.info(created ? "created new identity" : "loaded identity", { dataDir: config.dataDir });
 
-  const persistedWallMs = Number(store.getMeta(HLC_META_KEY) ?? "0");
+  // One clock for both threads: the e-stop thread stamps through the same state.
+  const clockState = new SharedClockState();
   const clock = new HybridLogicalClock({
     node: peerId,
-    persistedWallMs,
+    shared: clockState,
+    persistedWallMs: Number(store.getMeta(HLC_META_KEY) ?? "0"),
     persist: (wallMs) => store.setMeta(HLC_META_KEY, String(wallMs)),
   });
 
   const metrics = new GatewayMetrics();
   const tracer = new Tracer();
+
+  // Assets: simulated welding arms behind the adapter interface. Their stop
+  // state lives on the safety line, which the e-stop thread sets directly.
+  const assetIds = Array.from({ length: config.assets }, (_, i) => `${config.name}.arm-${i}`);
+  const safety = new SafetyLine(assetIds);
+  const assets = new Map<string, AssetAdapter>();
+  const arms: SimulatedArm[] = [];
+  for (const id of assetIds) {
+    const arm = new SimulatedArm({
+      id,
+      cell: `${config.name}.cell`,
+      faultRatePerS: config.faultRatePerS,
+      safety: safety.slot(id),
+    });
+    arms.push(arm);
+    assets.set(arm.id, arm);
+  }
+
+  // Emergency stop: its own thread and libp2p node (dedicated streams; gossip
+  // only as the last-resort path, through the main node).
+  const estopPath = join(config.dataDir, ESTOP_DATABASE_FILE);
+  const movedRows = moveEstopTables(store.db, estopPath);
+  if (movedRows > 0) log.info("moved e-stop records to their own file", { rows: movedRows });
+  let publishEstopGossip: (frame: Uint8Array) => void = () => {};
+  const { control: estop, port: estopPort, listen: estopListening } = await startEstopThread(
+    {
+      privateKey: privateKeyToProtobuf(key),
+      meshKey,
+      listen: estopListen(config.listen, config.estopPort),
+      dataDir: config.dataDir,
+      clock: clockState.buffer,
+      safety: { assetIds, buffer: safety.buffer },
+      assets: [...assets.values()].map((a) => ({ id: a.id, cell: a.cell })),
+      self: { peerId, name: config.name, factory: config.factory },
+      service: {
+        operators: config.operators,
+        supervisors: config.supervisors,
+        watchdogMs: config.watchdogMs,
+        safeState: config.safeState,
+      },
+      logLevel: config.logLevel,
+    },
+    safety,
+    {
+      stopAssets: (ids, reason) => {
+        for (const id of ids) assets.get(id)?.stop(reason);
+      },
+      holdAssets: (ids, reason) => {
+        for (const id of ids) assets.get(id)?.hold(reason);
+      },
+      publishGossip: (frame) => publishEstopGossip(frame),
+    },
+  );
+  cleanups.unshift(["estop", () => estop.close()]);
+  estop.failed.catch((err) => {
+    // Without its e-stop path a gateway must not drive assets: stop them all and exit.
+    for (const asset of assets.values()) asset.stop("e-stop thread failed");
+    log.error("e-stop thread failed; assets stopped, gateway exiting", { error: err });
+    Deno.exit(ESTOP_THREAD_FAILED_EXIT);
+  });
+
   const identity = { name: config.name, factory: config.factory, region: config.region };
   const libp2p = await createMeshNode({
     privateKey: key,
     listen: config.listen,
-    userAgent: formatAgent(identity),
+    userAgent: formatAgent({ ...identity, estopPort }),
     factory: config.factory,
     mdns: config.mdns,
     meshKey,
@@ -130,19 +200,6 @@ async function assemble(
 
   const stats = { telemetrySamples: 0 };
 
-  // Assets: simulated welding arms behind the adapter interface.
-  const assets = new Map<string, AssetAdapter>();
-  const arms: SimulatedArm[] = [];
-  for (let i = 0; i < config.assets; i++) {
-    const arm = new SimulatedArm({
-      id: `${config.name}.arm-${i}`,
-      cell: `${config.name}.cell`,
-      faultRatePerS: config.faultRatePerS,
-    });
-    arms.push(arm);
-    assets.set(arm.id, arm);
-  }
-
   const gossip = new GossipBus(libp2p, log.child("gossip"));
 
   // Digital twins: Automerge documents, gossip per factory, sync on connect.
@@ -161,43 +218,25 @@ async function assemble(
   await twins.start();
   cleanups.unshift(["twins", () => twins.stop()]);
 
-  // Emergency stop: dedicated streams; gossip only as the last-resort path.
-  const directory = new AssetDirectory(
-    { peerId, name: config.name, factory: config.factory },
-    assets,
-    mesh,
-  );
-  const verify = (signer: string, data: Uint8Array, signature: Uint8Array) =>
-    Promise.resolve(peerIdFromString(signer).publicKey?.verify(data, signature) ?? false);
-  const estop = createEstopService({
-    operators: config.operators,
-    supervisors: config.supervisors,
-    watchdogMs: config.watchdogMs,
-    safeState: config.safeState,
-  }, {
-    libp2p,
-    db: store.db,
-    clock,
-    privateKey: key,
-    logger: log.child("estop"),
-    ownerOf: (id) => directory.ownerOf(id),
-    gatewaysIn: (target) => directory.gatewaysIn(target),
-    localAssets: (target) => directory.localAssets(target),
-    linkPeers: () => [...mesh.knownGateways().keys()],
-    stopAssets: (ids, reason) => {
-      for (const id of ids) assets.get(id)?.stop(reason);
-    },
-    holdAssets: (ids, reason) => {
-      for (const id of ids) assets.get(id)?.hold(reason);
-    },
-    publishGossip: (frame) => gossip.publish(ESTOP_TOPIC, frame),
-  });
+  // The e-stop thread's node learns the mesh from the main node: who is a
+  // gateway (identify) and where its e-stop node listens (same host, its port).
+  mesh.events.onGateway = (peer, gatewayIdentity) => {
+    estop.setRoster(mesh.knownGateways());
+    if (gatewayIdentity.estopPort === undefined) return;
+    const seen = libp2p.getConnections(peerIdFromString(peer)).map((c) => c.remoteAddr.toString());
+    void libp2p.peerStore.get(peerIdFromString(peer)).then(
+      (known) => known.addresses.map((a) => a.multiaddr.toString()),
+      () => [],
+    ).then((listed) => {
+      const addresses = estopAddresses([...seen, ...listed], gatewayIdentity.estopPort!);
+      if (addresses.length > 0) estop.setAddresses(peer, addresses);
+    });
+  };
+  publishEstopGossip = (frame) => gossip.publish(ESTOP_TOPIC, frame);
   estop.onEvent((event) => {
     if (event.type === "released") { for (const id of event.assets) assets.get(id)?.release(); }
   });
   gossip.subscribe(ESTOP_TOPIC, (data, from) => estop.receiveGossip(data, from));
-  await estop.start();
-  cleanups.unshift(["estop", () => estop.stop()]);
 
   // Commands written anywhere in the mesh reach the owner here; the adapter
   // applies them, and a latched stop wins over any of them.
@@ -343,6 +382,8 @@ async function assemble(
   });
 
   // Edge anomaly detection.
+  const verify = (signer: string, data: Uint8Array, signature: Uint8Array) =>
+    Promise.resolve(peerIdFromString(signer).publicKey?.verify(data, signature) ?? false);
   const detection = new Detection([...assets.keys()], config.stopOnAnomaly, {
     logger: log.child("detect"),
     stamp: () => clock.now(),
@@ -456,6 +497,7 @@ async function assemble(
     ...identity,
     http: server.address,
     listen: libp2p.getMultiaddrs().map(String),
+    estopListen: estopListening,
     assets: assets.size,
     mdns: config.mdns,
     configuredPeers: config.peers.length,

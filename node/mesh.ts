@@ -34,6 +34,8 @@ export interface GatewayIdentity {
   name: string;
   factory: string;
   region: string;
+  /** TCP port of its e-stop thread's libp2p node (same host addresses, same peer ID). */
+  estopPort?: number;
 }
 
 /** A connected gateway as shown by `GET /peers`. */
@@ -45,9 +47,10 @@ export interface PeerView extends GatewayIdentity {
 
 const AGENT_PREFIX = "twinmesh/";
 
-/** `twinmesh/0.1.0 name=g1 factory=f1 region=r1` */
+/** `twinmesh/0.1.0 name=g1 factory=f1 region=r1 estop=40123` */
 export function formatAgent(identity: GatewayIdentity): string {
-  return `${AGENT_PREFIX}${TWINMESH_VERSION} name=${identity.name} factory=${identity.factory} region=${identity.region}`;
+  const estop = identity.estopPort === undefined ? "" : ` estop=${identity.estopPort}`;
+  return `${AGENT_PREFIX}${TWINMESH_VERSION} name=${identity.name} factory=${identity.factory} region=${identity.region}${estop}`;
 }
 
 /** Inverse of {@link formatAgent}; undefined for anything else. */
@@ -59,7 +62,11 @@ export function parseAgent(agent: string | undefined): GatewayIdentity | undefin
     if (eq > 0) fields.set(part.slice(0, eq), part.slice(eq + 1));
   }
   const name = fields.get("name"), factory = fields.get("factory"), region = fields.get("region");
-  return name && factory && region ? { name, factory, region } : undefined;
+  if (!name || !factory || !region) return undefined;
+  const estopPort = Number(fields.get("estop"));
+  return Number.isInteger(estopPort) && estopPort > 0 && estopPort < 65536
+    ? { name, factory, region, estopPort }
+    : { name, factory, region };
 }
 
 interface KnownPeer {
@@ -89,7 +96,7 @@ export interface MeshComponents {
 
 /** Events other services care about. */
 export interface MeshEvents {
-  /** A gateway connected and identified itself. */
+  /** A gateway connected and identified itself (again on every reconnection). */
   onGateway?: (peerId: string, identity: GatewayIdentity) => void;
 }
 

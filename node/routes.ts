@@ -9,7 +9,7 @@ import { TwinValidationError } from "../protocols/twin_model.ts";
 import type { AssetAdapter } from "./assets/adapter.ts";
 import type { SimulatedArm } from "./assets/simulated_arm.ts";
 import type { Detection } from "./detection.ts";
-import type { EstopService } from "./estop_service.ts";
+import type { EstopControl } from "./estop_thread.ts";
 import type { GatewayIdentity, Mesh } from "./mesh.ts";
 import type { GatewayMetrics } from "./metrics.ts";
 import { type TwinService, UnknownTwinError } from "./twin_service.ts";
@@ -24,7 +24,7 @@ export interface RouteDeps {
   assets: ReadonlyMap<string, AssetAdapter>;
   arms: readonly SimulatedArm[];
   twins: TwinService;
-  estop: EstopService;
+  estop: EstopControl;
   detection: Detection;
   clock: HybridLogicalClock;
   tracer: Tracer;
@@ -61,7 +61,7 @@ export function registerRoutes(router: Router, deps: RouteDeps): void {
     peers: mesh.peers().length,
     assets: assets.size,
     twins: twins.list().length,
-    latched: estop.status().latched.length,
+    latched: [...assets.keys()].filter((id) => estop.isLatched(id)).length,
     anomalies: detection.stats.anomaliesLocal,
     hlc: formatTimestamp(clock.last),
     stats: {

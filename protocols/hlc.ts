@@ -9,7 +9,10 @@
  * Invariants asserted here: the clock never issues a timestamp that is not
  * strictly greater than the previous one, even when the wall clock jumps
  * backwards, and never goes below the persisted high-water mark after a
- * restart.
+ * restart. Two threads of one gateway (the main loop and the e-stop thread)
+ * share one clock through a {@link SharedClockState}: each stamp is issued
+ * under its lock, so the gateway's stamps stay unique and increasing across
+ * both threads.
  *
  * @example
  * ```ts
@@ -78,6 +81,73 @@ export interface HybridLogicalClockInit {
   persist?: (wallMs: number) => void;
   /** See {@link DEFAULT_PERSIST_WINDOW_MS}. */
   persistWindowMs?: number;
+  /**
+   * Clock state shared with another thread of this gateway. Its high-water mark
+   * wins over `persistedWallMs`; each thread passes its own `persist`.
+   */
+  shared?: SharedClockState;
+}
+
+/**
+ * The last stamp and the persisted high-water mark of a clock, in shared memory
+ * with a lock, so that clocks on several threads of one gateway act as one.
+ * Send {@link SharedClockState.buffer} to the other thread and wrap it there with
+ * `new SharedClockState(buffer)`.
+ */
+export class SharedClockState {
+  readonly buffer: SharedArrayBuffer;
+  /** [0] lock word; [6] logical counter. */
+  readonly #words: Int32Array;
+  /** [1] last wall ms; [2] persisted high-water mark. */
+  readonly #floats: Float64Array;
+
+  constructor(buffer: SharedArrayBuffer = new SharedArrayBuffer(32)) {
+    assert(buffer.byteLength === 32, "shared clock state is 32 bytes");
+    this.buffer = buffer;
+    this.#words = new Int32Array(buffer);
+    this.#floats = new Float64Array(buffer);
+  }
+
+  /** Runs `critical` holding the lock (a short spin with 1 ms waits). */
+  locked<T>(critical: () => T): T {
+    while (Atomics.compareExchange(this.#words, 0, 0, 1) !== 0) Atomics.wait(this.#words, 0, 1, 1);
+    try {
+      return critical();
+    } finally {
+      Atomics.store(this.#words, 0, 0);
+      Atomics.notify(this.#words, 0, 1);
+    }
+  }
+
+  /** Reads/writes under {@link locked}. */
+  get wallMs(): number {
+    return this.#floats[1]!;
+  }
+  set wallMs(value: number) {
+    this.#floats[1] = value;
+  }
+  get logical(): number {
+    return this.#words[6]! >>> 0;
+  }
+  set logical(value: number) {
+    this.#words[6] = value | 0;
+  }
+  get persistedWallMs(): number {
+    return this.#floats[2]!;
+  }
+  set persistedWallMs(value: number) {
+    this.#floats[2] = value;
+  }
+}
+
+/** Holds the clock state of a clock used by one thread only. */
+class LocalClockState {
+  wallMs = 0;
+  logical = 0;
+  persistedWallMs = 0;
+  locked<T>(critical: () => T): T {
+    return critical();
+  }
 }
 
 /** The clock. One instance per gateway. */
@@ -87,10 +157,9 @@ export class HybridLogicalClock {
   /** Remote timestamps refused by the max-offset guard. */
   rejectedRemote = 0;
   #wallClockMs: () => number;
-  #last: Timestamp;
+  #state: SharedClockState | LocalClockState;
   #persist: ((wallMs: number) => void) | undefined;
   #persistWindowMs: number;
-  #persistedWallMs: number;
 
   constructor(init: HybridLogicalClockInit) {
     assert(init.node.length > 0, "HLC node id is not empty");
@@ -99,24 +168,35 @@ export class HybridLogicalClock {
     this.#wallClockMs = init.wallClockMs ?? Date.now;
     this.#persist = init.persist;
     this.#persistWindowMs = init.persistWindowMs ?? DEFAULT_PERSIST_WINDOW_MS;
-    this.#persistedWallMs = init.persistedWallMs ?? 0;
-    // Start strictly above anything a previous run may have issued.
-    this.#last = { wallMs: this.#persistedWallMs, logical: 0, node: this.node };
+    this.#state = init.shared ?? new LocalClockState();
+    const persistedWallMs = init.persistedWallMs ?? 0;
+    this.#state.locked(() => {
+      // Start strictly above anything a previous run may have issued.
+      if (persistedWallMs > this.#state.persistedWallMs) {
+        this.#state.persistedWallMs = persistedWallMs;
+      }
+      if (this.#state.persistedWallMs > this.#state.wallMs) {
+        this.#state.wallMs = this.#state.persistedWallMs;
+        this.#state.logical = 0;
+      }
+    });
   }
 
-  /** The last timestamp issued or adopted. */
+  /** The last timestamp issued or adopted (by any thread sharing the state). */
   get last(): Timestamp {
-    return this.#last;
+    return this.#state.locked(() => this.#read());
   }
 
   /** A timestamp for a local event or a send. */
   now(): Timestamp {
-    const physical = this.#wallClockMs();
-    const previous = this.#last;
-    const next = physical > previous.wallMs
-      ? { wallMs: physical, logical: 0, node: this.node }
-      : { wallMs: previous.wallMs, logical: previous.logical + 1, node: this.node };
-    return this.#advance(previous, next);
+    return this.#state.locked(() => {
+      const physical = this.#wallClockMs();
+      const previous = this.#read();
+      const next = physical > previous.wallMs
+        ? { wallMs: physical, logical: 0, node: this.node }
+        : { wallMs: previous.wallMs, logical: previous.logical + 1, node: this.node };
+      return this.#advance(previous, next);
+    });
   }
 
   /**
@@ -133,28 +213,36 @@ export class HybridLogicalClock {
       this.rejectedRemote++;
       throw new ClockOffsetError(remote, aheadMs, this.maxOffsetMs);
     }
-    const previous = this.#last;
-    const wallMs = Math.max(physical, previous.wallMs, remote.wallMs);
-    let logical = 0;
-    if (wallMs === previous.wallMs && wallMs === remote.wallMs) {
-      logical = Math.max(previous.logical, remote.logical) + 1;
-    } else if (wallMs === previous.wallMs) {
-      logical = previous.logical + 1;
-    } else if (wallMs === remote.wallMs) {
-      logical = remote.logical + 1;
-    }
-    const next = this.#advance(previous, { wallMs, logical, node: this.node });
-    assert(compareTimestamps(next, remote) > 0, "HLC update dominates the remote stamp");
-    return next;
+    return this.#state.locked(() => {
+      const previous = this.#read();
+      const wallMs = Math.max(physical, previous.wallMs, remote.wallMs);
+      let logical = 0;
+      if (wallMs === previous.wallMs && wallMs === remote.wallMs) {
+        logical = Math.max(previous.logical, remote.logical) + 1;
+      } else if (wallMs === previous.wallMs) {
+        logical = previous.logical + 1;
+      } else if (wallMs === remote.wallMs) {
+        logical = remote.logical + 1;
+      }
+      const next = this.#advance(previous, { wallMs, logical, node: this.node });
+      assert(compareTimestamps(next, remote) > 0, "HLC update dominates the remote stamp");
+      return next;
+    });
   }
 
+  #read(): Timestamp {
+    return { wallMs: this.#state.wallMs, logical: this.#state.logical, node: this.node };
+  }
+
+  /** Under the state's lock. Persists before the stamp is handed out. */
   #advance(previous: Timestamp, next: Timestamp): Timestamp {
     assert(next.logical <= MAX_LOGICAL, "HLC logical counter fits 32 bits");
     assert(compareTimestamps(next, previous) > 0, "HLC never runs backwards");
-    this.#last = next;
-    if (this.#persist && next.wallMs >= this.#persistedWallMs) {
-      this.#persistedWallMs = next.wallMs + this.#persistWindowMs;
-      this.#persist(this.#persistedWallMs);
+    this.#state.wallMs = next.wallMs;
+    this.#state.logical = next.logical;
+    if (this.#persist && next.wallMs >= this.#state.persistedWallMs) {
+      this.#state.persistedWallMs = next.wallMs + this.#persistWindowMs;
+      this.#persist(this.#state.persistedWallMs);
     }
     return next;
   }

@@ -9,6 +9,7 @@ import {
   HybridLogicalClock,
   InvalidTimestampError,
   parseTimestamp,
+  SharedClockState,
   type Timestamp,
 } from "../protocols/hlc.ts";
 
@@ -210,3 +211,60 @@ function compareBytes(a: Uint8Array, b: Uint8Array): number {
   }
   return a.length - b.length;
 }
+
+/** Runs `task` on a test worker thread and returns its answer. */
+function onWorker<T>(task: unknown): Promise<T> {
+  const worker = new Worker(new URL("./workers/shared_memory_worker.ts", import.meta.url), {
+    type: "module",
+  });
+  return new Promise<T>((resolve, reject) => {
+    worker.onmessage = (event) => {
+      worker.terminate();
+      resolve(event.data as T);
+    };
+    worker.onerror = (event) => {
+      event.preventDefault();
+      worker.terminate();
+      reject(new Error(event.message));
+    };
+    worker.postMessage(task);
+  });
+}
+
+Deno.test("clocks on two threads sharing their state issue unique, increasing stamps", async () => {
+  const shared = new SharedClockState();
+  const clock = new HybridLogicalClock({ node: "gw", shared });
+  const count = 20_000;
+  const fromWorker = onWorker<string[]>({ kind: "hlc", buffer: shared.buffer, count });
+  const here: string[] = [];
+  // Interleave with the worker: yield now and then so both threads issue at once.
+  for (let i = 0; i < count; i++) {
+    here.push(formatTimestamp(clock.now()));
+    if (i % 1000 === 0) await new Promise((resolve) => setTimeout(resolve, 0));
+  }
+  const there = await fromWorker;
+  for (const stamps of [here, there]) {
+    for (let i = 1; i < stamps.length; i++) {
+      ok(stamps[i - 1]! < stamps[i]!, "increasing per thread");
+    }
+  }
+  equal(new Set([...here, ...there]).size, 2 * count, "no stamp issued twice across the threads");
+  const highest = [...here, ...there].sort().at(-1)!;
+  ok(formatTimestamp(clock.last) >= highest, "last covers both threads' stamps");
+});
+
+Deno.test("a clock joining shared state raises it to its persisted high-water mark", () => {
+  const wall = fakeWall();
+  const shared = new SharedClockState();
+  const first = new HybridLogicalClock({ node: "gw", shared, wallClockMs: wall.read });
+  equal(first.now().wallMs, START_MS);
+  // The e-stop thread's file remembers a mark ahead of the main thread's (its last run).
+  new HybridLogicalClock({
+    node: "gw",
+    shared,
+    wallClockMs: wall.read,
+    persistedWallMs: START_MS + 60_000,
+  });
+  const next = first.now();
+  ok(next.wallMs >= START_MS + 60_000, "stamps stay above the other thread's mark");
+});

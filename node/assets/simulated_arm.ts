@@ -9,6 +9,7 @@
  */
 import type { ArmMode, ArmTelemetry, AssetAdapter, AssetCommand } from "./adapter.ts";
 import { AssetCommandRefused } from "./adapter.ts";
+import { localSafetySlot, type SafetySlot } from "../safety_line.ts";
 
 export const ARM_AXES = 6;
 const AMBIENT_C = 35;
@@ -61,6 +62,11 @@ export interface SimulatedArmInit {
   /** Faults per second (probability per second of a new fault). */
   faultRatePerS: number;
   seed?: number;
+  /**
+   * Where the arm keeps its stop/hold state: a slot of the gateway's safety
+   * line, which the e-stop thread sets directly (see node/safety_line.ts).
+   */
+  safety?: SafetySlot;
 }
 
 export class SimulatedArm implements AssetAdapter {
@@ -75,8 +81,8 @@ export class SimulatedArm implements AssetAdapter {
     travelSpeedMmps: 10,
   };
   #mode: ArmMode = "auto";
-  #stopped = false;
-  #held = false;
+  /** Stop and hold state; read before every motion step. */
+  readonly #safety: SafetySlot;
   #random: () => number;
   #faultRatePerS: number;
   #fault: ActiveFault | undefined;
@@ -85,23 +91,23 @@ export class SimulatedArm implements AssetAdapter {
   #temperature = AMBIENT_C + 30;
   #runtimeS = 0;
   #lastS: number | undefined;
-  /** Log of stop calls (reason, wall time) — the e-stop benchmark reads it. */
-  readonly stopLog: Array<{ reason: string; atMs: number }> = [];
 
   constructor(init: SimulatedArmInit) {
     this.id = init.id;
     this.cell = init.cell;
     this.#faultRatePerS = init.faultRatePerS;
+    this.#safety = init.safety ?? localSafetySlot();
     this.#random = createRandom(init.seed ?? hashString(init.id));
     this.#joints = Array.from({ length: ARM_AXES }, () => (this.#random() - 0.5) * 0.2);
   }
 
   get stopped(): boolean {
-    return this.#stopped;
+    return this.#safety.get() === "stop";
   }
 
   get mode(): ArmMode {
-    return this.#stopped ? "stopped" : this.#held ? "hold" : this.#mode;
+    const safety = this.#safety.get();
+    return safety === "stop" ? "stopped" : safety === "hold" ? "hold" : this.#mode;
   }
 
   applyCommand(command: AssetCommand): void {
@@ -116,29 +122,30 @@ export class SimulatedArm implements AssetAdapter {
         }
       }
     }
-    if (command.mode && command.mode !== "hold" && (this.#stopped || this.#held)) {
+    const safety = this.#safety.get();
+    if (command.mode && command.mode !== "hold" && safety !== "run") {
       // A latched stop wins over any command that would move the arm again.
       throw new AssetCommandRefused(
-        `${this.id} is ${this.#stopped ? "stopped (e-stop latched)" : "on hold"}`,
+        `${this.id} is ${safety === "stop" ? "stopped (e-stop latched)" : "on hold"}`,
       );
     }
     if (command.setpoints) Object.assign(this.setpoints, command.setpoints);
-    if (command.mode === "hold") this.#held = true;
+    if (command.mode === "hold") this.hold("hold command");
     else if (command.mode) this.#mode = command.mode;
   }
 
-  stop(reason: string): void {
-    this.#stopped = true;
-    this.stopLog.push({ reason, atMs: Date.now() });
+  stop(_reason: string): void {
+    this.#safety.stop();
   }
 
   hold(_reason: string): void {
-    this.#held = true;
+    this.#safety.hold(); // a hold never weakens a stop
   }
 
+  /** Clears a hold; a stop too unless the gateway's e-stop thread owns the slot. */
   release(): void {
-    this.#stopped = false;
-    this.#held = false;
+    this.#safety.release("hold");
+    if (!this.#safety.shared) this.#safety.release("stop");
   }
 
   /** Advances the simulation to `nowMs` and emits one sample. */
@@ -146,7 +153,7 @@ export class SimulatedArm implements AssetAdapter {
     const nowS = nowMs / 1000;
     const dtS = this.#lastS === undefined ? 0 : Math.max(0, Math.min(1, nowS - this.#lastS));
     this.#lastS = nowS;
-    const moving = !this.#stopped && !this.#held;
+    const moving = this.#safety.get() === "run";
     this.#maybeStartFault(nowS, dtS);
 
     if (moving) {

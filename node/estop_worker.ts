@@ -1,0 +1,253 @@
+/**
+ * Entry point of the e-stop thread (a Deno worker; see estop_thread.ts): a
+ * libp2p node with just TCP, Noise, Yamux (and the mesh key), the e-stop
+ * service, its own SQLite file, the gateway's shared clock and the safety line.
+ *
+ * The service acts on the safety line itself: the moment a stop is accepted
+ * the asset's slot is set, then the main thread is told (for the adapters'
+ * own stop, the twin and traces).
+ */
+import { DatabaseSync } from "node:sqlite";
+import { join } from "node:path";
+import { createLibp2p } from "libp2p";
+import { tcp } from "@libp2p/tcp";
+import { noise } from "@chainsafe/libp2p-noise";
+import { yamux } from "@chainsafe/libp2p-yamux";
+import { preSharedKey } from "@libp2p/pnet";
+import { privateKeyFromProtobuf } from "@libp2p/crypto/keys";
+import { peerIdFromPrivateKey, peerIdFromString } from "@libp2p/peer-id";
+import { multiaddr } from "@multiformats/multiaddr";
+import { HybridLogicalClock, SharedClockState } from "../protocols/hlc.ts";
+import { createEstopService, type EstopIssued, type EstopService } from "./estop_service.ts";
+import {
+  ESTOP_DATABASE_FILE,
+  ESTOP_STATS_INTERVAL_MS,
+  type EstopWorkerInit,
+  type FromWorker,
+  type ToWorker,
+} from "./estop_thread.ts";
+import { AssetDirectory } from "./directory.ts";
+import type { GatewayIdentity } from "./mesh.ts";
+import { createLogger } from "./log.ts";
+import { SafetyLine } from "./safety_line.ts";
+import { LoopLagMonitor } from "./loop_lag.ts";
+import { INBOUND_CONNECTIONS_PER_S, MAX_CONNECTIONS } from "./libp2p.ts";
+
+/** Meta key of the clock's high-water mark in `estop.db` (the main thread keeps its own). */
+export const ESTOP_HLC_META_KEY = "hlc.persistedWallMs";
+
+const scope = self as unknown as {
+  postMessage(message: FromWorker): void;
+  onmessage: ((event: MessageEvent<ToWorker>) => void) | null;
+  close(): void;
+};
+const send = (message: FromWorker) => scope.postMessage(message);
+
+/** Opens `estop.db`: exclusive to this thread, every commit durable (FULL). */
+function openEstopDatabase(dataDir: string) {
+  const db = new DatabaseSync(join(dataDir, ESTOP_DATABASE_FILE));
+  db.exec("PRAGMA busy_timeout = 0");
+  db.exec("PRAGMA locking_mode = EXCLUSIVE");
+  db.exec("PRAGMA journal_mode = WAL");
+  db.exec("PRAGMA synchronous = FULL");
+  db.exec(
+    "BEGIN EXCLUSIVE; CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); COMMIT",
+  );
+  const get = db.prepare("SELECT value FROM meta WHERE key = ?");
+  const put = db.prepare(
+    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+  );
+  return {
+    db,
+    getMeta: (key: string) => (get.get(key) as { value: string } | undefined)?.value,
+    setMeta: (key: string, value: string) => void put.run(key, value),
+  };
+}
+
+/** The mesh's roster as last sent by the main thread. */
+class MirroredRoster {
+  #gateways = new Map<string, GatewayIdentity>();
+  set(gateways: [string, GatewayIdentity][]): void {
+    this.#gateways = new Map(gateways);
+  }
+  peerIdByName(name: string): string | undefined {
+    for (const [id, identity] of this.#gateways) if (identity.name === name) return id;
+    return undefined;
+  }
+  knownGateways(): ReadonlyMap<string, GatewayIdentity> {
+    return this.#gateways;
+  }
+}
+
+async function start(init: EstopWorkerInit) {
+  const log = createLogger({ level: init.logLevel, peer: init.self.peerId, component: "gateway" })
+    .child("estop");
+  const privateKey = privateKeyFromProtobuf(init.privateKey);
+  const self = peerIdFromPrivateKey(privateKey).toString();
+  if (self !== init.self.peerId) throw new Error("e-stop thread key does not match the gateway");
+  const store = openEstopDatabase(init.dataDir);
+  const clock = new HybridLogicalClock({
+    node: self,
+    shared: new SharedClockState(init.clock),
+    persistedWallMs: Number(store.getMeta(ESTOP_HLC_META_KEY) ?? "0"),
+    persist: (wallMs) => store.setMeta(ESTOP_HLC_META_KEY, String(wallMs)),
+  });
+  const safety = new SafetyLine(init.safety.assetIds, init.safety.buffer);
+  const directory = new AssetDirectory(
+    init.self,
+    new Map(init.assets.map((a) => [a.id, a])),
+    roster,
+  );
+  const addressed = new Set<string>();
+
+  const node = await createLibp2p({
+    privateKey,
+    addresses: { listen: init.listen },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    ...(init.meshKey ? { connectionProtector: preSharedKey({ psk: init.meshKey }) } : {}),
+    connectionManager: {
+      maxConnections: MAX_CONNECTIONS,
+      inboundConnectionThreshold: INBOUND_CONNECTIONS_PER_S,
+    },
+  });
+
+  const service: EstopService = createEstopService(init.service, {
+    libp2p: node,
+    db: store.db,
+    clock,
+    privateKey,
+    logger: log,
+    ownerOf: (id) => directory.ownerOf(id),
+    gatewaysIn: (target) => directory.gatewaysIn(target),
+    localAssets: (target) => directory.localAssets(target),
+    linkPeers: () => [...roster.knownGateways().keys()],
+    dialable: (peer) => addressed.has(peer),
+    stopAssets: (ids, reason) => {
+      for (const id of ids) if (safety.has(id)) safety.stop(id);
+      send({ t: "stopAssets", ids, reason });
+    },
+    holdAssets: (ids, reason) => {
+      for (const id of ids) if (safety.has(id)) safety.hold(id);
+      send({ t: "holdAssets", ids, reason });
+    },
+    publishGossip: (frame) => send({ t: "publishGossip", frame }),
+  });
+  service.onEvent((event) => {
+    // The latch owns stops: only a reset that cleared an asset's last stop releases its line.
+    if (event.type === "released") {
+      for (const id of event.assets) if (safety.has(id)) safety.release(id, "stop");
+    }
+    send({ t: "event", event });
+  });
+
+  await node.start();
+  await service.start();
+  const lag = new LoopLagMonitor();
+  lag.start();
+  const statsTimer = setInterval(() => {
+    send({
+      t: "stats",
+      stats: { ...service.stats(), thread_loop_lag_max_ms: lag.stats.eventLoopLagMaxMs },
+      livePeers: service.livePeers(),
+    });
+  }, ESTOP_STATS_INTERVAL_MS);
+
+  const listen = node.getMultiaddrs().map((a) => a.toString().replace(/\/p2p\/[^/]+$/, ""));
+  const port = Number(/\/tcp\/(\d+)/.exec(listen[0] ?? "")?.[1] ?? "0");
+  log.info("e-stop thread listening", { listen });
+  return {
+    service,
+    port,
+    listen,
+    async setAddresses(peer: string, addresses: string[]) {
+      if (peer === self) return;
+      const peerId = peerIdFromString(peer);
+      await node.peerStore.patch(peerId, { multiaddrs: addresses.map((a) => multiaddr(a)) });
+      const fresh = !addressed.has(peer);
+      addressed.add(peer);
+      if (fresh && node.getConnections(peerId).length === 0) {
+        node.dial(peerId, { signal: AbortSignal.timeout(2_000) }).catch((err: Error) =>
+          log.debug("e-stop node dial failed", { peer, error: err.message })
+        );
+      }
+    },
+    async shutdown() {
+      clearInterval(statsTimer);
+      lag.stop();
+      await service.stop();
+      await node.stop();
+      store.db.close();
+    },
+  };
+}
+
+let running: Awaited<ReturnType<typeof start>> | undefined;
+/** Messages that arrived while starting, handled in order once running. */
+const queued: ToWorker[] = [];
+
+async function handle(message: ToWorker): Promise<void> {
+  const thread = running!;
+  switch (message.t) {
+    case "roster":
+      // Handled by the directory on its next lookup; `linkPeers` reads it each tick.
+      roster.set(message.gateways);
+      break;
+    case "addresses":
+      await thread.setAddresses(message.peer, message.addresses);
+      break;
+    case "gossip":
+      thread.service.receiveGossip(message.frame, message.fromPeer);
+      break;
+    case "call": {
+      try {
+        let value: unknown;
+        if (message.method === "issueStop") {
+          value = forwardResult(await thread.service.issueStop(message.params));
+        } else if (message.method === "issueReset") {
+          value = forwardResult(await thread.service.issueReset(message.params));
+        } else if (message.method === "status") {
+          value = thread.service.status();
+        } else if (message.method === "tick") {
+          thread.service.tick();
+        } else {
+          await thread.shutdown();
+        }
+        send({ t: "reply", id: message.id, ok: true, value });
+        if (message.method === "shutdown") scope.close();
+      } catch (err) {
+        const { name, message: text } = err as Error;
+        send({ t: "reply", id: message.id, ok: false, name, message: text });
+      }
+      break;
+    }
+    case "init":
+      break;
+  }
+}
+
+const roster = new MirroredRoster();
+scope.onmessage = (event) => {
+  const message = event.data;
+  if (message.t === "init") {
+    start(message.init).then((thread) => {
+      running = thread;
+      send({ t: "ready", listen: thread.listen, port: thread.port });
+      for (const queuedMessage of queued.splice(0)) void handle(queuedMessage).catch(reportFailure);
+    }, reportFailure);
+    return;
+  }
+  if (!running) queued.push(message);
+  else void handle(message).catch(reportFailure);
+};
+
+/** Sends the command's result when its acks are in (or its deadline passed). */
+function forwardResult(issued: EstopIssued): { id: string; hlc: string } {
+  issued.result.then((result) => send({ t: "result", result }), reportFailure);
+  return { id: issued.id, hlc: issued.hlc };
+}
+
+function reportFailure(err: unknown): void {
+  send({ t: "failed", message: (err as Error)?.message ?? String(err) });
+}
