@@ -50,6 +50,8 @@ export interface EstopWorkerInit {
   self: { peerId: string; name: string; factory: string };
   service: EstopServiceInit;
   logLevel: LogLevel;
+  /** Ask for SCHED_FIFO (see estop_worker.ts). */
+  realtime: boolean;
 }
 
 export type ToWorker =

@@ -31,7 +31,6 @@ import type { GatewayIdentity } from "./mesh.ts";
 import { createLogger } from "./log.ts";
 import { SafetyLine } from "./safety_line.ts";
 import { LoopLagMonitor } from "./loop_lag.ts";
-import { INBOUND_CONNECTIONS_PER_S, MAX_CONNECTIONS } from "./libp2p.ts";
 
 /** Meta key of the clock's high-water mark in `estop.db` (the main thread keeps its own). */
 export const ESTOP_HLC_META_KEY = "hlc.persistedWallMs";
@@ -107,10 +106,9 @@ async function start(init: EstopWorkerInit) {
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     ...(init.meshKey ? { connectionProtector: preSharedKey({ psk: init.meshKey }) } : {}),
-    connectionManager: {
-      maxConnections: MAX_CONNECTIONS,
-      inboundConnectionThreshold: INBOUND_CONNECTIONS_PER_S,
-    },
+    // The main node's limits (node/libp2p.ts; not imported, which would load
+    // gossipsub, mDNS and metrics into this thread for two numbers).
+    connectionManager: { maxConnections: 300, inboundConnectionThreshold: 100 },
   });
 
   const service: EstopService = createEstopService(init.service, {
@@ -144,6 +142,7 @@ async function start(init: EstopWorkerInit) {
 
   await node.start();
   await service.start();
+  if (init.realtime) await raisePriority(log);
   const lag = new LoopLagMonitor();
   lag.start();
   const statsTimer = setInterval(() => {
@@ -167,7 +166,9 @@ async function start(init: EstopWorkerInit) {
       await node.peerStore.patch(peerId, { multiaddrs: addresses.map((a) => multiaddr(a)) });
       const fresh = !addressed.has(peer);
       addressed.add(peer);
-      if (fresh && node.getConnections(peerId).length === 0) {
+      // One side opens the connection (the lower peer ID), so two gateways
+      // meeting at once do not both handshake; the other's stream rides on it.
+      if (fresh && self < peer && node.getConnections(peerId).length === 0) {
         node.dial(peerId, { signal: AbortSignal.timeout(2_000) }).catch((err: Error) =>
           log.debug("e-stop node dial failed", { peer, error: err.message })
         );
@@ -182,6 +183,39 @@ async function start(init: EstopWorkerInit) {
     },
   };
 }
+
+/** Real-time priority of the e-stop thread (SCHED_FIFO, 1..99; 99 is the kernel's own). */
+export const ESTOP_THREAD_RT_PRIORITY = 20;
+
+/**
+ * Puts this thread in Linux's real-time class, so a stop frame preempts the
+ * gateway's other work (twin merges, telemetry, HTTP) the moment it arrives
+ * instead of waiting for a time slice. Needs CAP_SYS_NICE (root, or systemd's
+ * `AmbientCapabilities=CAP_SYS_NICE`); without it the thread keeps the normal
+ * class and says so. The kernel's real-time throttling (by default 5 % of
+ * every second left to other classes) bounds what a runaway thread could take.
+ */
+async function raisePriority(log: { info: LogFn; warn: LogFn }): Promise<void> {
+  if (Deno.build.os !== "linux") return;
+  try {
+    const tid = Deno.readLinkSync("/proc/thread-self").split("/").at(-1)!;
+    const result = await new Deno.Command("chrt", {
+      args: ["--fifo", "--pid", String(ESTOP_THREAD_RT_PRIORITY), tid],
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    if (!result.success) throw new Error(new TextDecoder().decode(result.stderr).trim());
+    log.info("e-stop thread runs at real-time priority", {
+      policy: "SCHED_FIFO",
+      priority: ESTOP_THREAD_RT_PRIORITY,
+    });
+  } catch (err) {
+    log.warn("e-stop thread keeps normal priority (no CAP_SYS_NICE or no chrt)", {
+      error: (err as Error).message,
+    });
+  }
+}
+type LogFn = (message: string, fields?: Record<string, unknown>) => void;
 
 let running: Awaited<ReturnType<typeof start>> | undefined;
 /** Messages that arrived while starting, handled in order once running. */

@@ -152,6 +152,7 @@ async function assemble(
         safeState: config.safeState,
       },
       logLevel: config.logLevel,
+      realtime: config.estopRealtime,
     },
     safety,
     {

@@ -4,6 +4,7 @@
  */
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { GATEWAY_V8_FLAGS } from "../node/config.ts";
 
 export const REPO_ROOT = fileURLToPath(new URL("..", import.meta.url));
 const MOD_TS = join(REPO_ROOT, "mod.ts");
@@ -63,6 +64,7 @@ export function spawnGateway(spec: GatewaySpec): GatewayProcess {
       Deno.execPath(),
       "run",
       "--allow-all",
+      `--v8-flags=${GATEWAY_V8_FLAGS}`,
       MOD_TS,
       "run",
       ...gatewayArgs(spec),

@@ -1,7 +1,14 @@
 /** Foundation: configuration errors exit non-zero with a message naming the problem. */
 import { match as assertMatch, notStrictEqual, ok as assert } from "node:assert/strict";
 import { runCli, tempDir } from "./gateway_test_util.ts";
-import { ConfigError, defaultConfig, envName, helpText, loadConfig } from "../node/config.ts";
+import {
+  ConfigError,
+  defaultConfig,
+  envName,
+  GATEWAY_V8_FLAGS,
+  helpText,
+  loadConfig,
+} from "../node/config.ts";
 
 async function expectFailure(args: string[], pattern: RegExp): Promise<void> {
   const result = await runCli(args);
@@ -136,4 +143,11 @@ Deno.test("loadConfig rejects unknown config-file fields and bad values with the
     }
   }
   assert(helpText().includes("TWINMESH_DATA_DIR"));
+});
+
+Deno.test("deno.json runs and compiles the gateway with the gateway's V8 flags", () => {
+  const tasks = JSON.parse(Deno.readTextFileSync(new URL("../deno.json", import.meta.url))).tasks;
+  for (const task of ["gateway", "compile"]) {
+    assert(tasks[task].includes(`--v8-flags=${GATEWAY_V8_FLAGS}`), `task ${task}: ${tasks[task]}`);
+  }
 });

@@ -18,6 +18,7 @@ import {
   TestbedUnavailableError,
 } from "./errors.ts";
 import { sleep } from "./exec.ts";
+import { GATEWAY_V8_FLAGS } from "../../node/config.ts";
 import { isAlive, killHard, type ProcRecord, restartProcess, spawnProcess } from "./procs.ts";
 import type { StatePaths } from "./state.ts";
 import { allHosts, type HostSpec, type Topology } from "./topology.ts";
@@ -81,6 +82,7 @@ export function gatewayArgv(
     `${REPO_ROOT}/scripts/deno.sh`,
     "run",
     "-A",
+    `--v8-flags=${GATEWAY_V8_FLAGS}`,
     `${REPO_ROOT}/mod.ts`,
     "run",
     "--name",
