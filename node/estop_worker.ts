@@ -166,9 +166,9 @@ async function start(init: EstopWorkerInit) {
       await node.peerStore.patch(peerId, { multiaddrs: addresses.map((a) => multiaddr(a)) });
       const fresh = !addressed.has(peer);
       addressed.add(peer);
-      // One side opens the connection (the lower peer ID), so two gateways
-      // meeting at once do not both handshake; the other's stream rides on it.
-      if (fresh && self < peer && node.getConnections(peerId).length === 0) {
+      // Link at once: the service would only dial on its next tick. The connection
+      // event makes it open its stream.
+      if (fresh && node.getConnections(peerId).length === 0) {
         node.dial(peerId, { signal: AbortSignal.timeout(2_000) }).catch((err: Error) =>
           log.debug("e-stop node dial failed", { peer, error: err.message })
         );
