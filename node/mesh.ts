@@ -11,7 +11,7 @@
  *   gateway is not listed.
  * - Round-trip times come from libp2p ping, refreshed periodically.
  */
-import type { PeerId } from "@libp2p/interface";
+import type { Connection, PeerId } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { type Multiaddr, multiaddr } from "@multiformats/multiaddr";
 import type { MeshNode } from "./libp2p.ts";
@@ -26,6 +26,15 @@ export const DIAL_TIMEOUT_MS = 5_000;
 /** RTT refresh period; pings are tiny, and the view is for humans. */
 export const PING_INTERVAL_MS = 5_000;
 export const PING_TIMEOUT_MS = 2_000;
+/**
+ * libp2p identifies a peer once, when the connection opens. If that exchange
+ * fails (it has a timeout, and a gateway starting among many on a busy host
+ * can miss it), the peer stays connected but unnamed: never listed, never
+ * linked for e-stop, and never dialled again because it is connected. So a
+ * peer rediscovered by mDNS while connected this long without an identity is
+ * identified again.
+ */
+export const REIDENTIFY_AFTER_MS = 3_000;
 
 export type Via = "mdns" | "configured";
 
@@ -110,7 +119,8 @@ export class Mesh {
   #pingTimer?: ReturnType<typeof setInterval>;
   #running = false;
   #listeners: Array<[string, EventListener]> = [];
-  readonly stats = { dialFailures: 0, reconnects: 0, discoveries: 0 };
+  readonly #reidentifying = new Set<string>();
+  readonly stats = { dialFailures: 0, reconnects: 0, discoveries: 0, reidentified: 0 };
   events: MeshEvents = {};
 
   constructor(init: MeshInit, components: MeshComponents) {
@@ -134,8 +144,13 @@ export class Mesh {
       const id = (event as CustomEvent<{ id: PeerId }>).detail.id;
       if (id.equals(this.#libp2p.peerId)) return;
       this.stats.discoveries++;
-      this.#entry(id.toString()).via ??= "mdns";
-      if (this.#libp2p.getConnections(id).length > 0) return;
+      const entry = this.#entry(id.toString());
+      entry.via ??= "mdns";
+      const connections = this.#libp2p.getConnections(id);
+      if (connections.length > 0) {
+        if (!entry.identity) this.#reidentifyIfStuck(connections[0]!);
+        return;
+      }
       this.#libp2p.dial(id, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) }).catch((err) => {
         this.stats.dialFailures++;
         this.#log.warn("dial after mDNS discovery failed", {
@@ -230,6 +245,23 @@ export class Mesh {
     const out = new Map<string, GatewayIdentity>();
     for (const [id, entry] of this.#known) if (entry.identity) out.set(id, entry.identity);
     return out;
+  }
+
+  /** See {@link REIDENTIFY_AFTER_MS}; success arrives as a `peer:identify` event. */
+  #reidentifyIfStuck(connection: Connection): void {
+    const id = connection.remotePeer.toString();
+    const openForMs = Date.now() - connection.timeline.open;
+    if (openForMs < REIDENTIFY_AFTER_MS || this.#reidentifying.has(id)) return;
+    this.#reidentifying.add(id);
+    this.stats.reidentified++;
+    this.#libp2p.services.identify.identify(connection, {
+      signal: AbortSignal.timeout(DIAL_TIMEOUT_MS),
+    }).catch((err) => {
+      this.#log.warn("identify of a connected peer failed", {
+        remote: id,
+        error: String(err),
+      });
+    }).finally(() => this.#reidentifying.delete(id));
   }
 
   #entry(id: string): KnownPeer {
