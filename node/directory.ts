@@ -9,7 +9,7 @@ import type { GatewayIdentity } from "./mesh.ts";
 
 /** The mesh's membership as the directory reads it (the Mesh, or its mirror on the e-stop thread). */
 export interface GatewayRoster {
-  peerIdByName(name: string): string | undefined;
+  /** Every gateway ever identified, by peer ID. */
   knownGateways(): ReadonlyMap<string, GatewayIdentity>;
 }
 
@@ -34,7 +34,11 @@ export class AssetDirectory {
 
   ownerOf(assetId: string): string | undefined {
     const name = ownerNameOf(assetId);
-    return name === this.self.name ? this.self.peerId : this.mesh.peerIdByName(name);
+    if (name === this.self.name) return this.self.peerId;
+    for (const [peerId, identity] of this.mesh.knownGateways()) {
+      if (identity.name === name) return peerId;
+    }
+    return undefined;
   }
 
   gatewaysIn(target: EstopTarget): string[] {

@@ -7,8 +7,6 @@
  * the asset's slot is set, then the main thread is told (for the adapters'
  * own stop, the twin and traces).
  */
-import { DatabaseSync } from "node:sqlite";
-import { join } from "node:path";
 import { createLibp2p } from "libp2p";
 import { tcp } from "@libp2p/tcp";
 import { noise } from "@chainsafe/libp2p-noise";
@@ -31,6 +29,7 @@ import type { GatewayIdentity } from "./mesh.ts";
 import { createLogger } from "./log.ts";
 import { SafetyLine } from "./safety_line.ts";
 import { LoopLagMonitor } from "./loop_lag.ts";
+import { openStore } from "./storage.ts";
 
 /** Meta key of the clock's high-water mark in `estop.db` (the main thread keeps its own). */
 export const ESTOP_HLC_META_KEY = "hlc.persistedWallMs";
@@ -42,36 +41,11 @@ const scope = self as unknown as {
 };
 const send = (message: FromWorker) => scope.postMessage(message);
 
-/** Opens `estop.db`: exclusive to this thread, every commit durable (FULL). */
-function openEstopDatabase(dataDir: string) {
-  const db = new DatabaseSync(join(dataDir, ESTOP_DATABASE_FILE));
-  db.exec("PRAGMA busy_timeout = 0");
-  db.exec("PRAGMA locking_mode = EXCLUSIVE");
-  db.exec("PRAGMA journal_mode = WAL");
-  db.exec("PRAGMA synchronous = FULL");
-  db.exec(
-    "BEGIN EXCLUSIVE; CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); COMMIT",
-  );
-  const get = db.prepare("SELECT value FROM meta WHERE key = ?");
-  const put = db.prepare(
-    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-  );
-  return {
-    db,
-    getMeta: (key: string) => (get.get(key) as { value: string } | undefined)?.value,
-    setMeta: (key: string, value: string) => void put.run(key, value),
-  };
-}
-
 /** The mesh's roster as last sent by the main thread. */
 class MirroredRoster {
   #gateways = new Map<string, GatewayIdentity>();
   set(gateways: [string, GatewayIdentity][]): void {
     this.#gateways = new Map(gateways);
-  }
-  peerIdByName(name: string): string | undefined {
-    for (const [id, identity] of this.#gateways) if (identity.name === name) return id;
-    return undefined;
   }
   knownGateways(): ReadonlyMap<string, GatewayIdentity> {
     return this.#gateways;
@@ -84,7 +58,7 @@ async function start(init: EstopWorkerInit) {
   const privateKey = privateKeyFromProtobuf(init.privateKey);
   const self = peerIdFromPrivateKey(privateKey).toString();
   if (self !== init.self.peerId) throw new Error("e-stop thread key does not match the gateway");
-  const store = openEstopDatabase(init.dataDir);
+  const store = openStore(init.dataDir, { file: ESTOP_DATABASE_FILE, synchronous: "FULL" });
   const clock = new HybridLogicalClock({
     node: self,
     shared: new SharedClockState(init.clock),
@@ -179,7 +153,7 @@ async function start(init: EstopWorkerInit) {
       lag.stop();
       await service.stop();
       await node.stop();
-      store.db.close();
+      store.close();
     },
   };
 }

@@ -234,12 +234,6 @@ export class Mesh {
     return this.#known.get(peerId)?.via;
   }
 
-  /** Peer ID of the gateway called `name`, if known. */
-  peerIdByName(name: string): string | undefined {
-    for (const [id, entry] of this.#known) if (entry.identity?.name === name) return id;
-    return undefined;
-  }
-
   /** All gateways ever identified (connected or not), by peer ID. */
   knownGateways(): Map<string, GatewayIdentity> {
     const out = new Map<string, GatewayIdentity>();

@@ -26,14 +26,28 @@ export interface GatewayStore {
   close(): void;
 }
 
+export interface StoreOptions {
+  /** File in the data dir; default {@link DATABASE_FILE}, which also gets the pid file. */
+  file?: string;
+  /**
+   * NORMAL (default) in WAL mode: a commit survives a crash of this process
+   * (kill -9) but may be lost on power failure, and commits do not fsync on
+   * the event loop. Twins tolerate that (peers hold them too). FULL: every
+   * commit is synced (the e-stop thread's own database).
+   */
+  synchronous?: "NORMAL" | "FULL";
+}
+
 /** Creates `dataDir` if needed, opens and locks the database. */
-export function openStore(dataDir: string): GatewayStore {
+export function openStore(dataDir: string, options: StoreOptions = {}): GatewayStore {
+  const file = options.file ?? DATABASE_FILE;
+  const ownsPidFile = file === DATABASE_FILE;
   try {
     Deno.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   } catch (err) {
     throw new DataDirError(`data dir ${dataDir}: cannot create (${(err as Error).message})`);
   }
-  const path = join(dataDir, DATABASE_FILE);
+  const path = join(dataDir, file);
   let db: DatabaseSync;
   try {
     db = new DatabaseSync(path);
@@ -44,11 +58,7 @@ export function openStore(dataDir: string): GatewayStore {
     db.exec("PRAGMA busy_timeout = 0");
     db.exec("PRAGMA locking_mode = EXCLUSIVE");
     db.exec("PRAGMA journal_mode = WAL");
-    // NORMAL in WAL mode: a commit survives a crash of this process (kill -9)
-    // but may be lost on power failure, and commits do not fsync on the event
-    // loop. Twins tolerate that (peers hold them too); e-stop records switch
-    // to FULL for their own transactions (node/estop_storage.ts).
-    db.exec("PRAGMA synchronous = NORMAL");
+    db.exec(`PRAGMA synchronous = ${options.synchronous ?? "NORMAL"}`);
     // Taking a write lock now makes exclusive mode hold it from here on.
     db.exec(
       "BEGIN EXCLUSIVE; CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); COMMIT",
@@ -64,7 +74,7 @@ export function openStore(dataDir: string): GatewayStore {
     }
     throw new DataDirError(`data dir ${dataDir}: cannot initialise ${path} (${message})`);
   }
-  Deno.writeTextFileSync(join(dataDir, PID_FILE), `${Deno.pid}\n`);
+  if (ownsPidFile) Deno.writeTextFileSync(join(dataDir, PID_FILE), `${Deno.pid}\n`);
 
   const get = db.prepare("SELECT value FROM meta WHERE key = ?");
   const put = db.prepare(
@@ -81,6 +91,7 @@ export function openStore(dataDir: string): GatewayStore {
       closed = true;
       db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
       db.close();
+      if (!ownsPidFile) return;
       try {
         Deno.removeSync(join(dataDir, PID_FILE));
       } catch { /* already gone */ }
