@@ -197,6 +197,8 @@ export interface TwinServiceInit {
   connectSyncDelayMs?: number;
   /** See {@link COMPACT_AFTER_CHUNKS}. */
   compactAfterChunks?: number;
+  /** Operations after which an owned twin starts a new epoch (REBASE_AFTER_OPS in twin_replica.ts). */
+  rebaseAfterOps?: number;
 }
 
 /** What the service needs from the gateway. */
@@ -326,7 +328,7 @@ interface CommandView {
 }
 
 class DefaultTwinService implements TwinService {
-  #init: Required<Omit<TwinServiceInit, "replicate">>;
+  #init: Required<Omit<TwinServiceInit, "replicate" | "rebaseAfterOps">>;
   #components: TwinServiceComponents;
   #replica: TwinReplica;
   #storage: TwinStorage | undefined;
@@ -390,7 +392,10 @@ class DefaultTwinService implements TwinService {
       compactAfterChunks: init.compactAfterChunks ?? COMPACT_AFTER_CHUNKS,
     };
     const replicate = init.replicate ?? [components.factory];
-    this.#replica = new TwinReplica({ replicate }, components);
+    this.#replica = new TwinReplica({
+      replicate,
+      ...(init.rebaseAfterOps ? { rebaseAfterOps: init.rebaseAfterOps } : {}),
+    }, components);
     this.#owned = new Map(components.ownedAssets.map((asset) => [asset.id, asset]));
     this.#topics = new Map(this.#replica.factories.map((f) => [twinTopic(f), f]));
   }
@@ -606,10 +611,10 @@ class DefaultTwinService implements TwinService {
 
   async #publish(flushed: readonly FlushedChanges[]): Promise<void> {
     const byFactory = new Map<string, GossipDoc[]>();
-    for (const { assetId, factory, changes } of flushed) {
+    for (const { docId, factory, changes } of flushed) {
       const docs = byFactory.get(factory) ?? [];
       for (let i = 0; i < changes.length; i += MAX_GOSSIP_CHANGES_PER_DOC) {
-        docs.push({ assetId, changes: changes.slice(i, i + MAX_GOSSIP_CHANGES_PER_DOC) });
+        docs.push({ docId, changes: changes.slice(i, i + MAX_GOSSIP_CHANGES_PER_DOC) });
       }
       byFactory.set(factory, docs);
     }
@@ -645,11 +650,11 @@ class DefaultTwinService implements TwinService {
       }
       if (bytes > limit) {
         // Many changes of one twin: one message per change.
-        for (const change of kept) batches.push([{ assetId: doc.assetId, changes: [change] }]);
+        for (const change of kept) batches.push([{ docId: doc.docId, changes: [change] }]);
         bytes = 0;
         continue;
       }
-      current.push({ assetId: doc.assetId, changes: kept });
+      current.push({ docId: doc.docId, changes: kept });
       size += bytes;
     }
     if (current.length > 0) batches.push(current);
@@ -673,6 +678,8 @@ class DefaultTwinService implements TwinService {
   #persist(): void {
     const storage = this.#storage;
     if (!storage) return;
+    // A twin in a new epoch is a new document: its snapshot replaces the old one's chunks.
+    for (const assetId of this.#replica.drainReplaced()) this.#compact(assetId);
     const chunks: TwinChunk[] = [];
     for (const assetId of this.#replica.drainDirty()) {
       const bytes = this.#replica.doc(assetId).saveIncremental();
@@ -958,18 +965,18 @@ class DefaultTwinService implements TwinService {
     return {
       factories: replica.factories,
       listDocs: () => replica.listDocs(),
-      ensureDoc: (assetId, factory) => {
-        const known = replica.has(assetId);
-        const ok = replica.ensureDoc(assetId, factory);
-        if (ok && !known) created.add(assetId);
+      ensureDoc: (docId, factory) => {
+        const known = replica.holds(docId);
+        const ok = replica.ensureDoc(docId, factory);
+        if (ok && !known) created.add(docId);
         return ok;
       },
-      generateSyncMessage: (assetId, state) => replica.generateSyncMessage(assetId, state),
-      heads: (assetId) => replica.heads(assetId),
-      receiveSyncMessage: (assetId, state, message) => {
-        const before = replica.doc(assetId).heads().join();
-        const next = replica.receiveSyncMessage(assetId, state, message);
-        if (replica.doc(assetId).heads().join() !== before) changed.add(assetId);
+      generateSyncMessage: (docId, state) => replica.generateSyncMessage(docId, state),
+      heads: (docId) => replica.heads(docId),
+      receiveSyncMessage: (docId, state, message) => {
+        const before = replica.heads(docId);
+        const next = replica.receiveSyncMessage(docId, state, message);
+        if (replica.heads(docId) !== before) changed.add(docId);
         return next;
       },
     };
@@ -978,8 +985,11 @@ class DefaultTwinService implements TwinService {
   /** Per-twin sync states for a peer, round-tripped through encode/decode (Automerge's rule for reuse). */
   #rememberedStates(peer: string): Map<string, TwinSyncState> {
     const states = new Map<string, TwinSyncState>();
-    for (const [assetId, state] of this.#syncStates.get(peer) ?? []) {
-      states.set(assetId, Automerge.decodeSyncState(Automerge.encodeSyncState(state)));
+    // Documents left behind by a new epoch drop out here.
+    const held = new Set(this.#replica.listDocs().map((d) => d.docId));
+    for (const [docId, state] of this.#syncStates.get(peer) ?? []) {
+      if (!held.has(docId)) continue;
+      states.set(docId, Automerge.decodeSyncState(Automerge.encodeSyncState(state)));
     }
     this.#syncStates.delete(peer);
     if (this.#syncStates.size >= MAX_REMEMBERED_SYNC_PEERS) {

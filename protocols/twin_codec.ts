@@ -8,8 +8,8 @@
  * @example
  * ```ts
  * import { decodeGossip, encodeGossip } from "./twin_codec.ts";
- * const bytes = encodeGossip({ factory: "f1", docs: [{ assetId: "arm-1", changes: [new Uint8Array([1])] }] });
- * console.assert(decodeGossip(bytes).docs[0]?.assetId === "arm-1");
+ * const bytes = encodeGossip({ factory: "f1", docs: [{ docId: "arm-1", changes: [new Uint8Array([1])] }] });
+ * console.assert(decodeGossip(bytes).docs[0]?.docId === "arm-1");
  * ```
  */
 
@@ -73,9 +73,32 @@ export function isTwinId(id: string): boolean {
   return ID_PATTERN.test(id);
 }
 
+/**
+ * A twin's document id on the wire (gossip, sync): the asset id for its first
+ * epoch, `<asset id>~<epoch>` for later ones (see TwinReplica: an owner
+ * starts a new, short document when the history grows long). `~` is not a
+ * character of ids, so the split is unambiguous.
+ */
+export function twinDocId(assetId: string, epoch: number): string {
+  return epoch === 0 ? assetId : `${assetId}~${epoch}`;
+}
+
+/** Epochs are positive safe integers without leading zeros. */
+const EPOCH_PATTERN = /^[1-9][0-9]{0,14}$/;
+
+/** Inverse of {@link twinDocId}; undefined for anything else. */
+export function parseTwinDocId(docId: string): { assetId: string; epoch: number } | undefined {
+  const tilde = docId.indexOf("~");
+  if (tilde < 0) return isTwinId(docId) ? { assetId: docId, epoch: 0 } : undefined;
+  const assetId = docId.slice(0, tilde);
+  const epoch = docId.slice(tilde + 1);
+  if (!isTwinId(assetId) || !EPOCH_PATTERN.test(epoch)) return undefined;
+  return { assetId, epoch: Number(epoch) };
+}
+
 /** Changes of one twin in a gossip batch. */
 export interface GossipDoc {
-  readonly assetId: string;
+  readonly docId: string;
   readonly changes: readonly Uint8Array[];
 }
 
@@ -87,7 +110,7 @@ export interface GossipBatch {
 
 /** A twin announced in a hello. */
 export interface HelloDoc {
-  readonly assetId: string;
+  readonly docId: string;
   readonly factory: string;
   /** Short form of the twin's heads; "" when unknown (always synced). */
   readonly heads?: string;
@@ -104,7 +127,7 @@ export type SyncFrame =
   }
   | {
     readonly type: "sync";
-    readonly assetId: string;
+    readonly docId: string;
     /** 0-based index of this chunk of the Automerge sync message. */
     readonly part: number;
     readonly parts: number;
@@ -127,7 +150,7 @@ export function encodeGossip(batch: GossipBatch): Uint8Array {
   const out = new ByteWriter();
   out.byte(TAG_GOSSIP).byte(TWIN_GOSSIP_VERSION).string(batch.factory).uint(batch.docs.length);
   for (const doc of batch.docs) {
-    out.string(doc.assetId).uint(doc.changes.length);
+    out.string(doc.docId).uint(doc.changes.length);
     for (const change of doc.changes) out.bytes(change);
   }
   return out.finish();
@@ -151,11 +174,11 @@ export function decodeGossip(bytes: Uint8Array): GossipBatch {
   const docCount = input.count("twins", MAX_GOSSIP_DOCS);
   const docs: GossipDoc[] = [];
   for (let i = 0; i < docCount; i++) {
-    const assetId = input.id("asset id");
+    const docId = input.docId("twin document id");
     const changeCount = input.count("changes", MAX_GOSSIP_CHANGES_PER_DOC);
     const changes: Uint8Array[] = [];
     for (let c = 0; c < changeCount; c++) changes.push(input.bytes(MAX_GOSSIP_MESSAGE_BYTES));
-    docs.push({ assetId, changes });
+    docs.push({ docId, changes });
   }
   input.end();
   return { factory, docs };
@@ -171,11 +194,11 @@ export function encodeSyncFrame(frame: SyncFrame): Uint8Array {
       for (const factory of frame.factories) out.string(factory);
       out.uint(frame.docs.length);
       for (const doc of frame.docs) {
-        out.string(doc.assetId).string(doc.factory).string(doc.heads ?? "");
+        out.string(doc.docId).string(doc.factory).string(doc.heads ?? "");
       }
       break;
     case "sync":
-      out.byte(TAG_SYNC).string(frame.assetId).uint(frame.part).uint(frame.parts).bytes(
+      out.byte(TAG_SYNC).string(frame.docId).uint(frame.part).uint(frame.parts).bytes(
         frame.bytes,
       );
       break;
@@ -207,15 +230,15 @@ export function decodeSyncFrame(bytes: Uint8Array): SyncFrame {
     const docs: HelloDoc[] = [];
     const docCount = input.count("twins", MAX_HELLO_DOCS);
     for (let i = 0; i < docCount; i++) {
-      const assetId = input.id("asset id");
+      const docId = input.docId("twin document id");
       const factory = input.id("factory");
-      docs.push(version === 1 ? { assetId, factory } : { assetId, factory, heads: input.digest() });
+      docs.push(version === 1 ? { docId, factory } : { docId, factory, heads: input.digest() });
     }
     frame = flags & HELLO_SCOPED
       ? { type: "hello", factories, docs, scoped: true }
       : { type: "hello", factories, docs };
   } else if (tag === TAG_SYNC) {
-    const assetId = input.id("asset id");
+    const docId = input.docId("twin document id");
     const part = input.uint();
     const parts = input.uint();
     if (parts < 1 || parts > MAX_SYNC_CHUNKS || part >= parts) {
@@ -224,7 +247,7 @@ export function decodeSyncFrame(bytes: Uint8Array): SyncFrame {
         parts > MAX_SYNC_CHUNKS,
       );
     }
-    frame = { type: "sync", assetId, part, parts, bytes: input.bytes(MAX_SYNC_FRAME_BYTES) };
+    frame = { type: "sync", docId, part, parts, bytes: input.bytes(MAX_SYNC_FRAME_BYTES) };
   } else if (tag === TAG_END_ROUND) {
     frame = { type: "end-round" };
   } else {
@@ -235,12 +258,12 @@ export function decodeSyncFrame(bytes: Uint8Array): SyncFrame {
 }
 
 /** Splits an Automerge sync message into sync frames of at most {@link SYNC_CHUNK_BYTES}. */
-export function chunkSyncMessage(assetId: string, message: Uint8Array): SyncFrame[] {
+export function chunkSyncMessage(docId: string, message: Uint8Array): SyncFrame[] {
   const parts = Math.max(1, Math.ceil(message.length / SYNC_CHUNK_BYTES));
   const frames: SyncFrame[] = [];
   for (let part = 0; part < parts; part++) {
     const bytes = message.subarray(part * SYNC_CHUNK_BYTES, (part + 1) * SYNC_CHUNK_BYTES);
-    frames.push({ type: "sync", assetId, part, parts, bytes });
+    frames.push({ type: "sync", docId, part, parts, bytes });
   }
   return frames;
 }
@@ -344,16 +367,30 @@ class ByteReader {
     return text;
   }
 
+  /** A twin document id ({@link twinDocId}). */
+  docId(what: string): string {
+    const text = this.#text(what, 64 + 16);
+    if (!parseTwinDocId(text)) {
+      throw new TwinCodecError(`${what} "${text.slice(0, 80)}" is not a valid twin document id`);
+    }
+    return text;
+  }
+
   id(what: string): string {
+    const text = this.#text(what, 64);
+    if (!isTwinId(text)) {
+      throw new TwinCodecError(`${what} "${text.slice(0, 64)}" is not a valid id`);
+    }
+    return text;
+  }
+
+  #text(what: string, maxChars: number): string {
     let text: string;
     try {
-      text = decoder.decode(this.bytes(64 * 4));
+      text = decoder.decode(this.bytes(maxChars * 4));
     } catch (error) {
       if (error instanceof TwinCodecError) throw error;
       throw new TwinCodecError(`${what} is not UTF-8`);
-    }
-    if (!isTwinId(text)) {
-      throw new TwinCodecError(`${what} "${text.slice(0, 64)}" is not a valid id`);
     }
     return text;
   }

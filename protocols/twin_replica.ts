@@ -20,7 +20,7 @@
  */
 import { assert } from "./assert.ts";
 import { ClockOffsetError, type HybridLogicalClock, type Timestamp } from "./hlc.ts";
-import { type GossipBatch, isTwinId } from "./twin_codec.ts";
+import { type GossipBatch, isTwinId, parseTwinDocId, twinDocId } from "./twin_codec.ts";
 import { type ResolvedTwin, TwinDoc, type TwinSyncState } from "./twin_doc.ts";
 import type { TwinSyncTarget } from "./twin_sync.ts";
 import { modelFor, type TwinWrite, validateWrite, type WriterRole } from "./twin_model.ts";
@@ -33,6 +33,23 @@ import { modelFor, type TwinWrite, validateWrite, type WriterRole } from "./twin
 export const MAX_TWINS = 10_000;
 /** Writes per twin per publish interval: a burst beyond this is a runaway caller. */
 export const MAX_PENDING_WRITES_PER_TWIN = 1_000;
+/**
+ * An owner starts a new epoch of its twin once the document holds this many
+ * operations. Applying a peer's change costs time in proportion to them
+ * (about 1 ms at this bound; see TwinDoc.opCount), and a twin written every
+ * 5 s by its owner passes it in under an hour. The new epoch is a fresh
+ * document holding the same state in one change; peers switch to it when
+ * they see it and carry over anything only they had (TwinDoc.joinFrom).
+ */
+export const REBASE_AFTER_OPS = 5_000;
+/**
+ * Any other writer starts a new epoch past this many times the bound: during
+ * a partition the owner is out of reach, and its side's documents must not
+ * grow without end either. Two replicas starting the same epoch at once is
+ * harmless (their documents merge like any concurrent writes); the factor
+ * just leaves the ordinary case to the owner.
+ */
+export const NON_OWNER_REBASE_FACTOR = 4;
 
 /** An id that is not a twin this replica holds. */
 export class UnknownTwinError extends Error {
@@ -56,6 +73,8 @@ export interface TwinReplicaInit {
   replicate?: readonly string[];
   /** See {@link MAX_TWINS}. */
   maxTwins?: number;
+  /** See {@link REBASE_AFTER_OPS}. */
+  rebaseAfterOps?: number;
 }
 
 /** What the replica needs from its gateway. */
@@ -70,6 +89,8 @@ export interface TwinReplicaComponents {
 /** Committed local changes of one twin, oldest first, to gossip. */
 export interface FlushedChanges {
   readonly assetId: string;
+  /** The document they belong to on the wire (the twin's epoch, see twinDocId). */
+  readonly docId: string;
   readonly factory: string;
   readonly changes: readonly Uint8Array[];
 }
@@ -88,6 +109,13 @@ export type TwinReplicaStats = {
   dropped_twin_limit: number;
   sync_messages_received: number;
   hlc_remote_rejected: number;
+  /** Epochs this replica started (as owner) and switched to (from a peer). */
+  epochs_started: number;
+  epochs_adopted: number;
+  /** Keys carried from an old epoch into the new one at a switch. */
+  epoch_keys_carried: number;
+  /** Gossip changes for an epoch already left behind (their writer carries them over). */
+  dropped_old_epoch: number;
 };
 
 /** What a gossip batch left missing; see {@link TwinReplica.ingestGossip}. */
@@ -95,6 +123,9 @@ export type GossipGap = "none" | "parked" | "evicted";
 
 interface Entry {
   doc: TwinDoc;
+  epoch: number;
+  /** A later epoch heard of, filling by gossip or sync until its genesis arrives. */
+  next?: { epoch: number; doc: TwinDoc };
   /** Factory from metadata, or from the gossip topic / hello that introduced the twin. */
   factory: string;
   pendingWrites: number;
@@ -116,10 +147,17 @@ export class TwinReplica implements TwinSyncTarget {
     dropped_twin_limit: 0,
     sync_messages_received: 0,
     hlc_remote_rejected: 0,
+    epochs_started: 0,
+    epochs_adopted: 0,
+    epoch_keys_carried: 0,
+    dropped_old_epoch: 0,
   };
   #components: TwinReplicaComponents;
   #maxTwins: number;
+  #rebaseAfterOps: number;
   #entries = new Map<string, Entry>();
+  /** Twins whose document was replaced by a new epoch since the last drain: storage restarts them. */
+  #replaced = new Set<string>();
   #remoteChanged = new Set<string>();
   #dirty = new Set<string>();
   /** Twins with local writes or a genesis not yet flushed (flush visits only these). */
@@ -130,6 +168,7 @@ export class TwinReplica implements TwinSyncTarget {
     this.factories = [...new Set(init.replicate ?? [components.factory])].sort();
     for (const factory of this.factories) assert(isTwinId(factory), "factory ids are valid");
     this.#maxTwins = init.maxTwins ?? MAX_TWINS;
+    this.#rebaseAfterOps = init.rebaseAfterOps ?? REBASE_AFTER_OPS;
   }
 
   /** Ids of all twins held (including ones whose metadata has not arrived). */
@@ -141,9 +180,14 @@ export class TwinReplica implements TwinSyncTarget {
     return this.#entries.has(assetId);
   }
 
-  /** The document of a twin; throws {@link UnknownTwinError}. */
+  /** The current document of a twin; throws {@link UnknownTwinError}. */
   doc(assetId: string): TwinDoc {
     return this.#entry(assetId).doc;
+  }
+
+  /** The epoch of a twin's current document. */
+  epochOf(assetId: string): number {
+    return this.#entry(assetId).epoch;
   }
 
   /** Factory of a twin. */
@@ -174,7 +218,7 @@ export class TwinReplica implements TwinSyncTarget {
       existing.doc.writeMeta(meta, hlc, gatewayName);
       existing.factory = factory;
     } else {
-      this.#add(assetId, TwinDoc.create(assetId, meta, clock.now(), gatewayName), factory);
+      this.#add(assetId, TwinDoc.create(assetId, meta, clock.now(), gatewayName), factory, 0);
     }
     this.#dirty.add(assetId);
     this.#touched.add(assetId);
@@ -183,12 +227,12 @@ export class TwinReplica implements TwinSyncTarget {
   /** Adds a twin loaded from storage. */
   load(assetId: string, chunks: readonly Uint8Array[]): void {
     const doc = TwinDoc.load(assetId, chunks);
-    this.#add(assetId, doc, doc.meta().factory ?? this.#components.factory);
+    this.#add(assetId, doc, doc.meta().factory ?? this.#components.factory, doc.storedEpoch());
   }
 
-  #add(assetId: string, doc: TwinDoc, factory: string): void {
+  #add(assetId: string, doc: TwinDoc, factory: string, epoch: number): void {
     assert(!this.#entries.has(assetId), "a twin is added once");
-    this.#entries.set(assetId, { doc, factory, pendingWrites: 0 });
+    this.#entries.set(assetId, { doc, epoch, factory, pendingWrites: 0 });
   }
 
   /**
@@ -214,19 +258,84 @@ export class TwinReplica implements TwinSyncTarget {
     return hlc;
   }
 
-  /** Commits every twin's open batch; returns the changes to gossip. */
+  /**
+   * Commits every twin's open batch; returns the changes to gossip. A twin
+   * whose history passed {@link REBASE_AFTER_OPS} (owner) or
+   * {@link NON_OWNER_REBASE_FACTOR} times it (any other writer) moves to a
+   * new epoch here, after its last changes in the old one.
+   */
   flush(): FlushedChanges[] {
     const out: FlushedChanges[] = [];
     for (const assetId of this.#touched) {
       const entry = this.#entry(assetId);
       entry.pendingWrites = 0;
       entry.doc.commit();
-      const changes = entry.doc.takeUnpublished();
-      if (changes.length === 0) continue;
-      out.push({ assetId, factory: entry.factory, changes });
-      this.stats.changes_committed += changes.length;
+      this.#takeChanges(assetId, entry, out);
+      const bound = this.#rebaseAfterOps * (this.#owns(entry) ? 1 : NON_OWNER_REBASE_FACTOR);
+      if (entry.doc.meta().kind !== undefined && entry.doc.opCount() > bound) {
+        const { clock, gatewayName } = this.#components;
+        const doc = TwinDoc.rebase(entry.doc, entry.epoch + 1, clock.now(), gatewayName);
+        this.#replace(assetId, entry, doc, entry.epoch + 1);
+        this.stats.epochs_started++;
+        this.#takeChanges(assetId, entry, out);
+      }
     }
     this.#touched.clear();
+    return out;
+  }
+
+  #takeChanges(assetId: string, entry: Entry, out: FlushedChanges[]): void {
+    const changes = entry.doc.takeUnpublished();
+    if (changes.length === 0) return;
+    const docId = twinDocId(assetId, entry.epoch);
+    out.push({ assetId, docId, factory: entry.factory, changes });
+    this.stats.changes_committed += changes.length;
+  }
+
+  #owns(entry: Entry): boolean {
+    return entry.doc.meta().ownerNode === this.#components.clock.node;
+  }
+
+  /** Makes `doc` (of `epoch`) the twin's current document. */
+  #replace(assetId: string, entry: Entry, doc: TwinDoc, epoch: number): void {
+    assert(epoch > entry.epoch, "a twin's epoch never goes back");
+    entry.doc = doc;
+    entry.epoch = epoch;
+    if (entry.next && entry.next.epoch <= epoch) entry.next = undefined;
+    this.#replaced.add(assetId);
+    this.#dirty.add(assetId);
+  }
+
+  /**
+   * A later epoch's document got its genesis: switch to it and carry over
+   * what only the old document held (this replica's writes the owner had
+   * not seen when it started the epoch). The old document is dropped.
+   */
+  #adopt(assetId: string, entry: Entry): void {
+    const next = entry.next;
+    if (!next || next.doc.storedEpoch() !== next.epoch || next.doc.meta().kind === undefined) {
+      return;
+    }
+    const older = entry.doc;
+    this.#replace(assetId, entry, next.doc, next.epoch);
+    // Uncommitted writes go with the rest of the old state (they are in its
+    // open batch, which joinFrom commits); their old-epoch changes are moot.
+    const carried = next.doc.joinFrom(
+      older,
+      this.#components.clock.now(),
+      this.#components.gatewayName,
+    );
+    older.takeUnpublished();
+    this.stats.epochs_adopted++;
+    this.stats.epoch_keys_carried += carried;
+    if (carried > 0) this.#touched.add(assetId);
+    this.#noteRemote(assetId);
+  }
+
+  /** Twins whose document was replaced by a new epoch since the last call: store them afresh. */
+  drainReplaced(): string[] {
+    const out = [...this.#replaced];
+    this.#replaced.clear();
     return out;
   }
 
@@ -243,12 +352,15 @@ export class TwinReplica implements TwinSyncTarget {
       return "none";
     }
     let gap: GossipGap = "none";
-    for (const { assetId, changes } of batch.docs) {
-      if (!this.ensureDoc(assetId, batch.factory)) {
-        this.stats.dropped_twin_limit += changes.length;
+    for (const { docId, changes } of batch.docs) {
+      const found = this.ensureDoc(docId, batch.factory) ? this.#find(docId) : undefined;
+      if (!found) {
+        if (this.#isLeftBehind(docId)) this.stats.dropped_old_epoch += changes.length;
+        else this.stats.dropped_twin_limit += changes.length;
         continue;
       }
-      const result = this.#entry(assetId).doc.applyChanges(changes);
+      const { assetId, entry, doc } = found;
+      const result = doc.applyChanges(changes);
       this.stats.gossip_changes_applied += result.applied;
       this.stats.gossip_changes_duplicate += result.duplicate;
       this.stats.gossip_changes_parked += result.parked;
@@ -257,22 +369,52 @@ export class TwinReplica implements TwinSyncTarget {
       this.stats.dropped_invalid += result.invalid;
       if (result.evicted > 0) gap = "evicted";
       else if (result.parked > 0 && gap === "none") gap = "parked";
-      if (result.applied > 0) this.#noteRemote(assetId);
+      if (doc !== entry.doc) this.#adopt(assetId, entry);
+      else if (result.applied > 0) this.#noteRemote(assetId);
     }
     return gap;
   }
 
-  /** Twins holding gossip changes parked for missing dependencies. */
+  /** The held document a wire id names: the twin's current one or the later epoch it is fetching. */
+  #find(docId: string): { assetId: string; entry: Entry; doc: TwinDoc } | undefined {
+    const id = parseTwinDocId(docId);
+    const entry = id && this.#entries.get(id.assetId);
+    if (!id || !entry) return undefined;
+    if (id.epoch === entry.epoch) return { assetId: id.assetId, entry, doc: entry.doc };
+    if (id.epoch === entry.next?.epoch) return { assetId: id.assetId, entry, doc: entry.next.doc };
+    return undefined;
+  }
+
+  /** True when the document a wire id names is held (see {@link TwinReplica.ensureDoc}). */
+  holds(docId: string): boolean {
+    return this.#find(docId) !== undefined;
+  }
+
+  /** True for a wire id of an epoch this replica has moved past. */
+  #isLeftBehind(docId: string): boolean {
+    const id = parseTwinDocId(docId);
+    const entry = id && this.#entries.get(id.assetId);
+    return !!id && !!entry && id.epoch < Math.max(entry.epoch, entry.next?.epoch ?? 0);
+  }
+
+  /** Wire ids of documents holding gossip changes parked for missing dependencies. */
   parkedTwins(): Set<string> {
     const ids = new Set<string>();
-    for (const [assetId, entry] of this.#entries) if (entry.doc.parkedChanges > 0) ids.add(assetId);
+    for (const [assetId, entry] of this.#entries) {
+      if (entry.doc.parkedChanges > 0) ids.add(twinDocId(assetId, entry.epoch));
+      if (entry.next && entry.next.doc.parkedChanges > 0) {
+        ids.add(twinDocId(assetId, entry.next.epoch));
+      }
+    }
     return ids;
   }
 
   /** Gossip changes parked for missing dependencies, over all twins. */
   parkedChanges(): number {
     let parked = 0;
-    for (const entry of this.#entries.values()) parked += entry.doc.parkedChanges;
+    for (const entry of this.#entries.values()) {
+      parked += entry.doc.parkedChanges + (entry.next?.doc.parkedChanges ?? 0);
+    }
     return parked;
   }
 
@@ -326,35 +468,61 @@ export class TwinReplica implements TwinSyncTarget {
     return this.#entry(assetId).doc.resolve();
   }
 
-  // --- TwinSyncTarget ---
+  // --- TwinSyncTarget: documents are named by wire id (asset and epoch, see twinDocId) ---
 
-  listDocs(): { assetId: string; factory: string }[] {
-    const out: { assetId: string; factory: string }[] = [];
-    for (const [assetId, entry] of this.#entries) out.push({ assetId, factory: entry.factory });
+  listDocs(): { docId: string; factory: string }[] {
+    const out: { docId: string; factory: string }[] = [];
+    for (const [assetId, entry] of this.#entries) {
+      out.push({ docId: twinDocId(assetId, entry.epoch), factory: entry.factory });
+      if (entry.next) {
+        out.push({ docId: twinDocId(assetId, entry.next.epoch), factory: entry.factory });
+      }
+    }
     return out;
   }
 
-  ensureDoc(assetId: string, factory: string): boolean {
-    if (this.#entries.has(assetId)) return true;
-    if (!this.factories.includes(factory) || !isTwinId(assetId)) return false;
-    if (this.#entries.size >= this.#maxTwins) return false;
-    this.#add(assetId, TwinDoc.empty(assetId), factory);
-    return true;
+  /**
+   * Makes sure the document a wire id names is held: a new twin starts empty
+   * in that epoch, a later epoch of a known twin starts filling beside the
+   * current document. False for an epoch left behind (its writers carry
+   * their state over themselves), a factory not replicated, or the limit.
+   */
+  ensureDoc(docId: string, factory: string): boolean {
+    const id = parseTwinDocId(docId);
+    if (!id) return false;
+    const entry = this.#entries.get(id.assetId);
+    if (!entry) {
+      if (!this.factories.includes(factory) || this.#entries.size >= this.#maxTwins) return false;
+      this.#add(id.assetId, TwinDoc.empty(id.assetId), factory, id.epoch);
+      return true;
+    }
+    if (id.epoch <= entry.epoch) return id.epoch === entry.epoch;
+    if (!entry.next || entry.next.epoch < id.epoch) {
+      entry.next = { epoch: id.epoch, doc: TwinDoc.empty(id.assetId) };
+    }
+    return entry.next.epoch === id.epoch;
   }
 
-  generateSyncMessage(assetId: string, state: TwinSyncState): [TwinSyncState, Uint8Array | null] {
-    return this.#entry(assetId).doc.generateSyncMessage(state);
+  generateSyncMessage(docId: string, state: TwinSyncState): [TwinSyncState, Uint8Array | null] {
+    const found = this.#find(docId);
+    return found ? found.doc.generateSyncMessage(state) : [state, null];
   }
 
-  heads(assetId: string): string {
-    return this.#entry(assetId).doc.heads().join(",");
+  heads(docId: string): string {
+    return this.#find(docId)?.doc.heads().join(",") ?? "";
   }
 
-  receiveSyncMessage(assetId: string, state: TwinSyncState, message: Uint8Array): TwinSyncState {
-    const doc = this.#entry(assetId).doc;
+  receiveSyncMessage(docId: string, state: TwinSyncState, message: Uint8Array): TwinSyncState {
+    const found = this.#find(docId);
+    if (!found) return state; // an epoch left behind during the session
+    const { assetId, entry, doc } = found;
     const before = doc.heads();
     const next = doc.receiveSyncMessage(state, message);
     this.stats.sync_messages_received++;
+    if (doc !== entry.doc) {
+      this.#adopt(assetId, entry);
+      return next;
+    }
     const after = doc.heads();
     if (before.length !== after.length || before.some((h, i) => h !== after[i])) {
       this.#noteRemote(assetId);

@@ -82,17 +82,17 @@ export interface TwinSyncTarget {
   /** Factories this replica replicates. */
   readonly factories: readonly string[];
   /** Twins this replica holds in `factories`, with their factory. */
-  listDocs(): readonly { readonly assetId: string; readonly factory: string }[];
+  listDocs(): readonly { readonly docId: string; readonly factory: string }[];
   /** Makes sure a twin exists (empty if new); false when it may not be held (limit, factory). */
-  ensureDoc(assetId: string, factory: string): boolean;
-  generateSyncMessage(assetId: string, state: TwinSyncState): [TwinSyncState, Uint8Array | null];
+  ensureDoc(docId: string, factory: string): boolean;
+  generateSyncMessage(docId: string, state: TwinSyncState): [TwinSyncState, Uint8Array | null];
   /** Applies a peer's sync message; throws when it is invalid. */
-  receiveSyncMessage(assetId: string, state: TwinSyncState, message: Uint8Array): TwinSyncState;
+  receiveSyncMessage(docId: string, state: TwinSyncState, message: Uint8Array): TwinSyncState;
   /**
    * The twin's current heads, joined: lets a round skip twins that neither
    * changed nor heard from the peer (Automerge would have nothing to say).
    */
-  heads?(assetId: string): string;
+  heads?(docId: string): string;
 }
 
 /** The peer broke the session protocol; the session is abandoned. */
@@ -247,8 +247,8 @@ export class TwinSyncSession {
     const shared = new Set(this.#target.factories);
     const scope = this.#scope;
     const docs = this.#target.listDocs()
-      .filter((d) => shared.has(d.factory) && (scope === undefined || scope.has(d.assetId)))
-      .map((d) => ({ ...d, heads: headsDigest(this.#target.heads?.(d.assetId)) }));
+      .filter((d) => shared.has(d.factory) && (scope === undefined || scope.has(d.docId)))
+      .map((d) => ({ ...d, heads: headsDigest(this.#target.heads?.(d.docId)) }));
     const factories = [...this.#target.factories];
     return scope === undefined
       ? { type: "hello", factories, docs }
@@ -258,22 +258,22 @@ export class TwinSyncSession {
   #chooseDocs(hello: Extract<SyncFrame, { type: "hello" }>): void {
     // A scoped hello limits the responder to the initiator's list of twins.
     if (this.role === "responder" && hello.scoped) {
-      this.#scope = new Set(hello.docs.map((d) => d.assetId));
+      this.#scope = new Set(hello.docs.map((d) => d.docId));
     }
     const scope = this.#scope;
-    const inScope = (assetId: string) => scope === undefined || scope.has(assetId);
+    const inScope = (docId: string) => scope === undefined || scope.has(docId);
     const theirs = new Set(hello.factories);
     const shared = new Set(this.#target.factories.filter((f) => theirs.has(f)));
     const ids = new Set<string>();
     for (const doc of this.#target.listDocs()) {
-      if (shared.has(doc.factory) && inScope(doc.assetId)) ids.add(doc.assetId);
+      if (shared.has(doc.factory) && inScope(doc.docId)) ids.add(doc.docId);
     }
     for (const doc of hello.docs) {
       if (
-        shared.has(doc.factory) && inScope(doc.assetId) &&
-        (ids.has(doc.assetId) || this.#target.ensureDoc(doc.assetId, doc.factory))
+        shared.has(doc.factory) && inScope(doc.docId) &&
+        (ids.has(doc.docId) || this.#target.ensureDoc(doc.docId, doc.factory))
       ) {
-        ids.add(doc.assetId);
+        ids.add(doc.docId);
       }
     }
     this.#docs = [...ids].sort();
@@ -282,10 +282,10 @@ export class TwinSyncSession {
     // them until either side changes. On a live link that is nearly every
     // twin, and a session costs a hello instead of a sync message per twin.
     for (const doc of hello.docs) {
-      if (!doc.heads || !ids.has(doc.assetId)) continue;
-      const heads = this.#target.heads?.(doc.assetId);
+      if (!doc.heads || !ids.has(doc.docId)) continue;
+      const heads = this.#target.heads?.(doc.docId);
       if (heads !== undefined && headsDigest(heads) === doc.heads) {
-        this.#lastHeads.set(doc.assetId, heads);
+        this.#lastHeads.set(doc.docId, heads);
         this.stats.twinsInSync++;
       }
     }
@@ -294,36 +294,36 @@ export class TwinSyncSession {
   #receiveChunk(frame: Extract<SyncFrame, { type: "sync" }>): void {
     this.#receivedInRound++;
     this.#bytesInRound += frame.bytes.length;
-    if (!this.#docs.includes(frame.assetId)) {
+    if (!this.#docs.includes(frame.docId)) {
       // A twin the peer shares but we could not hold (limit): skip its dialogue.
       this.stats.framesIgnored++;
       return;
     }
-    const partial = this.#incoming.get(frame.assetId) ??
+    const partial = this.#incoming.get(frame.docId) ??
       { parts: frame.parts, chunks: [], bytes: 0 };
     if (partial.parts !== frame.parts || partial.chunks.length !== frame.part) {
       throw new TwinSyncProtocolError(
-        `chunk ${frame.part}/${frame.parts} of "${frame.assetId}" out of order`,
+        `chunk ${frame.part}/${frame.parts} of "${frame.docId}" out of order`,
       );
     }
     partial.chunks.push(frame.bytes);
     partial.bytes += frame.bytes.length;
     if (partial.bytes > MAX_SYNC_MESSAGE_BYTES) {
       throw new TwinSyncProtocolError(
-        `sync message for "${frame.assetId}" exceeds ${MAX_SYNC_MESSAGE_BYTES} B`,
+        `sync message for "${frame.docId}" exceeds ${MAX_SYNC_MESSAGE_BYTES} B`,
       );
     }
     if (partial.chunks.length < partial.parts) {
-      this.#incoming.set(frame.assetId, partial);
+      this.#incoming.set(frame.docId, partial);
       return;
     }
-    this.#incoming.delete(frame.assetId);
+    this.#incoming.delete(frame.docId);
     const message = partial.chunks.length === 1
       ? partial.chunks[0]!
       : concat(partial.chunks, partial.bytes);
-    const state = this.#states.get(frame.assetId) ?? Automerge.initSyncState();
-    this.#states.set(frame.assetId, this.#target.receiveSyncMessage(frame.assetId, state, message));
-    this.#heardFrom.add(frame.assetId);
+    const state = this.#states.get(frame.docId) ?? Automerge.initSyncState();
+    this.#states.set(frame.docId, this.#target.receiveSyncMessage(frame.docId, state, message));
+    this.#heardFrom.add(frame.docId);
     this.stats.messagesReceived++;
   }
 
@@ -332,8 +332,8 @@ export class TwinSyncSession {
     return frames === 0 || (this.#exchanged >= CATCH_UP_ROUNDS && bytes < TRICKLE_BYTES);
   }
 
-  #unchanged(assetId: string, heads: string): boolean {
-    return this.#lastHeads.get(assetId) === heads && !this.#heardFrom.has(assetId);
+  #unchanged(docId: string, heads: string): boolean {
+    return this.#lastHeads.get(docId) === heads && !this.#heardFrom.has(docId);
   }
 
   *#round(peerEmpty: boolean): Generator<void, SyncFrame[]> {
@@ -342,21 +342,21 @@ export class TwinSyncSession {
       return [{ type: "end-round" }];
     }
     const busy = new Set<string>();
-    for (const frame of this.#outgoing) if (frame.type === "sync") busy.add(frame.assetId);
-    for (const assetId of this.#docs) {
-      if (busy.has(assetId)) continue; // the previous message is still being sent
+    for (const frame of this.#outgoing) if (frame.type === "sync") busy.add(frame.docId);
+    for (const docId of this.#docs) {
+      if (busy.has(docId)) continue; // the previous message is still being sent
       // Unchanged since our last message and nothing heard: Automerge would
       // return null. Skipping keeps a live session's rounds proportional to
       // the change rate instead of to the number of twins.
-      const heads = this.#target.heads?.(assetId);
-      if (heads !== undefined && this.#unchanged(assetId, heads)) continue;
-      const state = this.#states.get(assetId) ?? Automerge.initSyncState();
-      const [next, message] = this.#target.generateSyncMessage(assetId, state);
-      this.#states.set(assetId, next);
-      if (heads !== undefined) this.#lastHeads.set(assetId, heads);
-      this.#heardFrom.delete(assetId);
+      const heads = this.#target.heads?.(docId);
+      if (heads !== undefined && this.#unchanged(docId, heads)) continue;
+      const state = this.#states.get(docId) ?? Automerge.initSyncState();
+      const [next, message] = this.#target.generateSyncMessage(docId, state);
+      this.#states.set(docId, next);
+      if (heads !== undefined) this.#lastHeads.set(docId, heads);
+      this.#heardFrom.delete(docId);
       if (message) {
-        this.#outgoing.push(...chunkSyncMessage(assetId, message));
+        this.#outgoing.push(...chunkSyncMessage(docId, message));
         this.stats.messagesSent++;
       }
       yield;

@@ -10,7 +10,13 @@
  * arm commits one Automerge change holding that interval's writes (here a
  * 6-axis joint update = 6 field writes). Both units are reported.
  *
- * Usage: `deno task bench reconcile [--n 10000,100000] [--quick] [--arms 20] [--writes-per-change 6]`
+ * Epochs are off by default, so the figure is Automerge's history sync of
+ * every divergent change, comparable across versions. With `--epochs`, both
+ * replicas start new epochs as gateways do (TwinReplica's REBASE_AFTER_OPS):
+ * the side behind then adopts the other's short document and carries its own
+ * state over, instead of syncing the whole history.
+ *
+ * Usage: `deno task bench reconcile [--n 10000,100000] [--quick] [--arms 20] [--writes-per-change 6] [--epochs]`
  *
  * @example
  * ```ts ignore
@@ -28,6 +34,7 @@ interface Options {
   sizes: number[];
   arms: number;
   writesPerChange: number;
+  epochs: boolean;
 }
 
 interface Row {
@@ -42,11 +49,17 @@ interface Row {
 }
 
 function parseArgs(args: string[]): Options {
-  const options: Options = { sizes: [10_000, 100_000], arms: 20, writesPerChange: 6 };
+  const options: Options = {
+    sizes: [10_000, 100_000],
+    arms: 20,
+    writesPerChange: 6,
+    epochs: false,
+  };
   for (let i = 0; i < args.length; i++) {
     const arg = args[i];
     const value = args[i + 1];
     if (arg === "--quick") options.sizes = [2_000, 10_000];
+    else if (arg === "--epochs") options.epochs = true;
     else if (arg === "--n" && value) {
       options.sizes = value.split(",").map(Number);
       i++;
@@ -67,9 +80,11 @@ function parseArgs(args: string[]): Options {
   return options;
 }
 
-function replica(name: string, wall: { nowMs: number }): TwinReplica {
+function replica(name: string, wall: { nowMs: number }, epochs: boolean): TwinReplica {
   const clock = new HybridLogicalClock({ node: name, wallClockMs: () => wall.nowMs });
-  return new TwinReplica({}, { clock, gatewayName: name, factory: "plant-a" });
+  // Without epochs: a bound no run reaches.
+  const init = epochs ? {} : { rebaseAfterOps: Number.MAX_SAFE_INTEGER };
+  return new TwinReplica(init, { clock, gatewayName: name, factory: "plant-a" });
 }
 
 async function syncOverStream(a: TwinReplica, b: TwinReplica): Promise<number> {
@@ -110,8 +125,8 @@ function diverge(sides: TwinReplica[], arms: string[], writes: number, perChange
 
 async function runOnce(n: number, options: Options): Promise<Row> {
   const wall = { nowMs: 1_700_000_000_000 };
-  const a = replica("gw-a", wall);
-  const b = replica("gw-b", wall);
+  const a = replica("gw-a", wall, options.epochs);
+  const b = replica("gw-b", wall, options.epochs);
   const arms = Array.from({ length: options.arms }, (_, i) => `arm-${i}`);
   for (const arm of arms) a.create(arm, "welding-arm");
   a.flush();
@@ -164,7 +179,7 @@ function table(rows: Row[], options: Options): string {
   const fmt = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i]!)).join("  ");
   return [
     `twin reconcile: ${options.arms} arms, ${options.writesPerChange} field writes per Automerge change, ` +
-    "one sync session over a libp2p stream pair",
+    `one sync session over a libp2p stream pair, epochs ${options.epochs ? "on" : "off"}`,
     fmt(header),
     ...lines.map(fmt),
   ].join("\n");
@@ -188,6 +203,7 @@ export async function main(args: string[]): Promise<void> {
     automerge_changes_per_s: Math.round(largest.changesPerS),
     arms: options.arms,
     writes_per_change: options.writesPerChange,
+    epochs: options.epochs,
   }));
 }
 

@@ -94,11 +94,23 @@ interface Oracle {
   removed: Map<string, Set<string>>;
 }
 
-function runScenario(replicaCount: number, skewsMs: number[], ops: Op[]): void {
+/** Epoch activity over all runs, so the epoch property can show it exercised epochs. */
+const epochsSeen = { started: 0, adopted: 0, carried: 0 };
+
+/**
+ * `rebaseAfterOps`: owners start new epochs of their twins past this many
+ * operations (0: the default bound, which these short runs never reach).
+ */
+function runScenario(
+  replicaCount: number,
+  skewsMs: number[],
+  ops: Op[],
+  rebaseAfterOps = 0,
+): void {
   const wall = new FakeWallClock();
   const replicas: TwinReplica[] = [];
   for (let i = 0; i < replicaCount; i++) {
-    replicas.push(makeReplica(`gw-${i}`, { wall, skewMs: skewsMs[i] ?? 0 }));
+    replicas.push(makeReplica(`gw-${i}`, { wall, skewMs: skewsMs[i] ?? 0, rebaseAfterOps }));
   }
   replicas[0]!.create(ASSETS[0], "welding-arm");
   replicas[1]!.create(ASSETS[1], "welding-arm");
@@ -125,7 +137,7 @@ function runScenario(replicaCount: number, skewsMs: number[], ops: Op[]): void {
     for (const flushed of replicas[r]!.flush()) {
       const bytes = encodeGossip({
         factory: flushed.factory,
-        docs: [{ assetId: flushed.assetId, changes: flushed.changes }],
+        docs: [{ docId: flushed.docId, changes: flushed.changes }],
       });
       for (let to = 0; to < replicas.length; to++) if (to !== r) queue.push({ to, from: r, bytes });
     }
@@ -213,6 +225,12 @@ function runScenario(replicaCount: number, skewsMs: number[], ops: Op[]): void {
     for (const r of replicas.slice(1)) syncInMemory(replicas[0]!, r);
   }
 
+  for (const replica of replicas) {
+    epochsSeen.started += replica.stats.epochs_started;
+    epochsSeen.adopted += replica.stats.epochs_adopted;
+    epochsSeen.carried += replica.stats.epoch_keys_carried;
+  }
+
   // 1. All replicas are equal, and equal to a fresh load of their bytes (no stale cache).
   const reference = snapshot(replicas[0]!);
   for (const replica of replicas.slice(1)) assertEquals(snapshot(replica), reference);
@@ -280,6 +298,23 @@ Deno.test("replicas converge under partitions, drops, duplicates and reordering"
   );
 });
 
+Deno.test("replicas converge when owners start new epochs mid-run (short histories)", () => {
+  const seed = propertySeed("twin convergence with epochs");
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 3, max: 5 }),
+      fc.array(fc.integer({ min: -100, max: 100 }), { minLength: 5, maxLength: 5 }),
+      fc.array(opArb, { minLength: 30, maxLength: 120 }),
+      fc.integer({ min: 8, max: 30 }),
+      (replicaCount, skewsMs, ops, rebaseAfterOps) =>
+        runScenario(replicaCount, skewsMs, ops, rebaseAfterOps),
+    ),
+    { seed, numRuns: Number(Deno.env.get("TWINMESH_RUNS") ?? 60) },
+  );
+  console.log(`epochs over all runs: ${JSON.stringify(epochsSeen)}`);
+  assertEquals(epochsSeen.started > 0 && epochsSeen.adopted > 0 && epochsSeen.carried > 0, true);
+});
+
 Deno.test("or-set: an add concurrent with a remove survives", () => {
   const a = makeReplica("gw-a");
   const b = makeReplica("gw-b");
@@ -325,7 +360,7 @@ Deno.test("g-counter: increments from every gateway are summed once, even when r
   a.write("arm-1", [{ op: "increment", field: "weldCount", delta: 3 }], "owner");
   b.write("arm-1", [{ op: "increment", field: "weldCount", delta: 4 }], "owner");
   const fromA = a.flush();
-  const batch = { factory: "f1", docs: [{ assetId: "arm-1", changes: fromA[0]!.changes }] };
+  const batch = { factory: "f1", docs: [{ docId: "arm-1", changes: fromA[0]!.changes }] };
   b.ingestGossip(batch);
   b.ingestGossip(batch);
   syncInMemory(a, b);
@@ -338,8 +373,8 @@ Deno.test("a state read between two gossiped writes of one slot shows the second
   const b = makeReplica("gw-b");
   a.create("arm-1", "welding-arm");
   const gossip = () => {
-    for (const { assetId, changes } of a.flush()) {
-      b.ingestGossip({ factory: "f1", docs: [{ assetId, changes }] });
+    for (const { docId, changes } of a.flush()) {
+      b.ingestGossip({ factory: "f1", docs: [{ docId, changes }] });
     }
   };
   for (const value of [100, 120, 140]) {

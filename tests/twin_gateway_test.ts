@@ -691,7 +691,7 @@ Deno.test({
     );
     const update = farReplica.flush()[0]!.changes;
     const deliver = (to: ChainLink, changes: readonly Uint8Array[]) => {
-      const data = encodeGossip({ factory: "f1", docs: [{ assetId: "far.arm-0", changes }] });
+      const data = encodeGossip({ factory: "f1", docs: [{ docId: "far.arm-0", changes }] });
       to.node.services.pubsub.dispatchEvent(
         new CustomEvent("message", {
           detail: { type: "signed", topic: twinTopic("f1"), data, from: far },

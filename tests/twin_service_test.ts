@@ -2,6 +2,8 @@ import { deepStrictEqual, equal, ok, throws } from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { lpStream } from "@libp2p/utils";
 import { HybridLogicalClock } from "../protocols/hlc.ts";
+import { TwinDoc } from "../protocols/twin_doc.ts";
+import { TwinStorage } from "../node/twin_storage.ts";
 import { TWIN_SYNC_PROTOCOL } from "../protocols/twin_codec.ts";
 import {
   createTwinService,
@@ -27,7 +29,12 @@ interface Gateway {
 async function startGateway(
   name: string,
   ownedAssets: OwnedAsset[],
-  options: { dbPath?: string; node?: TestNode; compactAfterChunks?: number } = {},
+  options: {
+    dbPath?: string;
+    node?: TestNode;
+    compactAfterChunks?: number;
+    rebaseAfterOps?: number;
+  } = {},
 ): Promise<Gateway> {
   const node = options.node ?? await makeTestNode();
   const db = new DatabaseSync(options.dbPath ?? ":memory:");
@@ -36,6 +43,7 @@ async function startGateway(
   const service = createTwinService({
     antiEntropyIntervalMs: 0,
     compactAfterChunks: options.compactAfterChunks,
+    rebaseAfterOps: options.rebaseAfterOps,
   }, {
     libp2p: node,
     db,
@@ -305,6 +313,82 @@ Deno.test({
       }
     } finally {
       await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "an owner moves a long twin to a new epoch: a peer follows, nothing is lost, a restart loads it",
+  ...options,
+  fn: async () => {
+    const dir = Deno.makeTempDirSync({ prefix: "twinmesh-epoch-" });
+    const dbPath = `${dir}/a.db`;
+    const rebaseAfterOps = 60;
+    // No size-triggered compaction: only the epoch switch may replace stored chunks.
+    const compactAfterChunks = 1_000_000;
+    let a = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }], {
+      dbPath,
+      rebaseAfterOps,
+      compactAfterChunks,
+    });
+    const b = await startGateway("gw-b", [], { rebaseAfterOps });
+    try {
+      await connect(a, b);
+      await eventually(() => b.service.list().length === 1, 10_000, "b knows arm-1");
+      // Writes from both sides, well past the bound: several epochs.
+      for (let i = 1; i <= 60; i++) {
+        a.service.writeMeasured("arm-1", {
+          joints: [i / 100, 0.2, 0.3, 0.4, 0.5, 0.6],
+          counters: { weldCount: 1 },
+        });
+        b.service.command("arm-1", { setpoints: { weldCurrentA: 100 + i } });
+        await a.service.flushNow();
+        await b.service.flushNow();
+      }
+      const same = () =>
+        JSON.stringify(a.service.get("arm-1")) === JSON.stringify(b.service.get("arm-1"));
+      await eventually(same, 10_000, "equal state on both gateways");
+      const state = a.service.get("arm-1");
+      equal(state.fields["joints.a1"]?.value, 0.6);
+      equal(state.fields["weldCount"]?.value, 60, "every increment counted once across epochs");
+      equal(state.fields["setpoints.weldCurrentA"]?.value, 160);
+      ok(
+        a.service.stats().epochs_started >= 2,
+        `epochs started: ${a.service.stats().epochs_started}`,
+      );
+      ok(
+        b.service.stats().epochs_adopted >= 2,
+        `epochs adopted: ${b.service.stats().epochs_adopted}`,
+      );
+      // The history stays short: the current epoch only.
+      ok(a.service.history("arm-1", 1000).length <= rebaseAfterOps);
+
+      // What a crash now would load: the current epoch alone, holding everything.
+      await a.service.flushNow();
+      const crashView = new DatabaseSync(dbPath);
+      const stored = new TwinStorage(crashView).loadAll().get("arm-1")!;
+      crashView.close();
+      const loaded = TwinDoc.load("arm-1", stored);
+      equal(loaded.storedEpoch(), a.service.stats().epochs_started);
+      ok(loaded.history(1000).length <= rebaseAfterOps, `${loaded.history(1000).length} changes`);
+      equal(loaded.resolve().fields["weldCount"]?.value, 60);
+      equal(loaded.resolve().fields["setpoints.weldCurrentA"]?.value, 160);
+
+      // A restart loads the current epoch from storage, equal to what was served.
+      await a.stop();
+      a = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }], {
+        dbPath,
+        rebaseAfterOps,
+        compactAfterChunks,
+      });
+      deepStrictEqual(a.service.get("arm-1").fields, state.fields);
+      // Only the current epoch was stored (old epochs' chunks were replaced, not appended to).
+      ok(a.service.history("arm-1", 1000).length <= rebaseAfterOps);
+    } finally {
+      await a.stop();
+      await b.stop();
+      Deno.removeSync(dir, { recursive: true });
     }
   },
 });

@@ -150,17 +150,17 @@ Deno.test("a version-1 hello (no heads digests) is still understood", () => {
   deepStrictEqual(decodeSyncFrame(v1), {
     type: "hello",
     factories: ["f1"],
-    docs: [{ assetId: "arm-1", factory: "f1" }],
+    docs: [{ docId: "arm-1", factory: "f1" }],
   });
   const v2 = encodeSyncFrame({
     type: "hello",
     factories: ["f1"],
-    docs: [{ assetId: "arm-1", factory: "f1", heads: "00ff" }],
+    docs: [{ docId: "arm-1", factory: "f1", heads: "00ff" }],
   });
   deepStrictEqual(decodeSyncFrame(v2), {
     type: "hello",
     factories: ["f1"],
-    docs: [{ assetId: "arm-1", factory: "f1", heads: "00ff" }],
+    docs: [{ docId: "arm-1", factory: "f1", heads: "00ff" }],
   });
   const scoped = { type: "hello" as const, factories: ["f1"], docs: [], scoped: true };
   deepStrictEqual(decodeSyncFrame(encodeSyncFrame(scoped)), scoped);
@@ -266,7 +266,7 @@ Deno.test("a peer sending a garbage Automerge message inside a valid frame fails
   try {
     responder.receive({
       type: "sync",
-      assetId: "arm-1",
+      docId: "arm-1",
       part: 0,
       parts: 1,
       bytes: new Uint8Array([1, 2, 3]),
@@ -281,9 +281,9 @@ Deno.test("a peer sending a garbage Automerge message inside a valid frame fails
 Deno.test("decodeGossip() rejects malformed and oversized messages", () => {
   const good = encodeGossip({
     factory: "f1",
-    docs: [{ assetId: "arm-1", changes: [new Uint8Array(3)] }],
+    docs: [{ docId: "arm-1", changes: [new Uint8Array(3)] }],
   });
-  deepStrictEqual(decodeGossip(good).docs[0]?.assetId, "arm-1");
+  deepStrictEqual(decodeGossip(good).docs[0]?.docId, "arm-1");
   const cases: [Uint8Array, boolean][] = [
     [good.subarray(0, good.length - 1), false],
     [new Uint8Array([...good, 0]), false],
@@ -312,13 +312,13 @@ Deno.test("gossip changes with a missing dependency are parked, then applied whe
   const second = a.flush()[0]!.changes;
   const gap = b.ingestGossip({
     factory: "f1",
-    docs: [{ assetId: "arm-1", changes: second }],
+    docs: [{ docId: "arm-1", changes: second }],
   });
   equal(gap, "parked", "a gap is reported");
   deepStrictEqual([b.doc("arm-1").parkedChanges, b.parkedChanges()], [1, 1]);
   const filled = b.ingestGossip({
     factory: "f1",
-    docs: [{ assetId: "arm-1", changes: genesis }],
+    docs: [{ docId: "arm-1", changes: genesis }],
   });
   equal(filled, "none");
   equal(b.parkedChanges(), 0);
@@ -339,7 +339,7 @@ Deno.test("a gap longer than the park evicts the oldest parked change and says s
     );
     later.push(...a.flush()[0]!.changes);
   }
-  const gap = b.ingestGossip({ factory: "f1", docs: [{ assetId: "arm-1", changes: later }] });
+  const gap = b.ingestGossip({ factory: "f1", docs: [{ docId: "arm-1", changes: later }] });
   equal(gap, "evicted");
   equal(b.parkedChanges(), MAX_PARKED_CHANGES_PER_DOC);
   equal(b.stats.gossip_changes_evicted, 1);
@@ -349,7 +349,7 @@ Deno.test("gossip changes outside the twin layout are dropped and counted", () =
   const b = makeReplica("gw-b");
   b.ingestGossip({
     factory: "f1",
-    docs: [{ assetId: "arm-1", changes: [new Uint8Array([1, 2, 3])] }],
+    docs: [{ docId: "arm-1", changes: [new Uint8Array([1, 2, 3])] }],
   });
   equal(b.stats.dropped_malformed, 1);
   b.ingestGossip({ factory: "other", docs: [] });

@@ -26,14 +26,23 @@ export class FakeWallClock {
 /** A replica with its own HLC on a shared fake wall clock (plus a fixed skew). */
 export function makeReplica(
   name: string,
-  options: { wall?: FakeWallClock; skewMs?: number; factory?: string; replicate?: string[] } = {},
+  options: {
+    wall?: FakeWallClock;
+    skewMs?: number;
+    factory?: string;
+    replicate?: string[];
+    rebaseAfterOps?: number;
+  } = {},
 ): TwinReplica {
   const wall = options.wall ?? new FakeWallClock();
   const skewMs = options.skewMs ?? 0;
   const clock = new HybridLogicalClock({ node: name, wallClockMs: () => wall.nowMs + skewMs });
   const factory = options.factory ?? "f1";
   return new TwinReplica(
-    options.replicate ? { replicate: options.replicate } : {},
+    {
+      ...(options.replicate ? { replicate: options.replicate } : {}),
+      ...(options.rebaseAfterOps ? { rebaseAfterOps: options.rebaseAfterOps } : {}),
+    },
     { clock, gatewayName: name, factory },
   );
 }

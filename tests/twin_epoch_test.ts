@@ -1,0 +1,204 @@
+/**
+ * Twin epochs: an owner replaces a long history with a new document holding
+ * the same state; peers switch to it and carry over what only they had.
+ */
+import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
+import { HybridLogicalClock } from "../protocols/hlc.ts";
+import { decodeGossip, encodeGossip, parseTwinDocId, twinDocId } from "../protocols/twin_codec.ts";
+import { TwinDoc } from "../protocols/twin_doc.ts";
+import type { FlushedChanges, TwinReplica } from "../protocols/twin_replica.ts";
+import { FakeWallClock, makeReplica, syncInMemory } from "./twin_test_util.ts";
+
+const META = { kind: "welding-arm", factory: "f1", owner: "gw-a", ownerNode: "gw-a" };
+
+function armDoc(clock: HybridLogicalClock): TwinDoc {
+  const doc = TwinDoc.create("arm-1", META, clock.now(), "gw-a");
+  for (let i = 1; i <= 50; i++) {
+    doc.write([
+      { op: "set", field: "setpoints.weldCurrentA", value: 100 + i },
+      { op: "increment", field: "weldCount", delta: 1 },
+    ], clock.now());
+    doc.commit();
+  }
+  doc.write([{ op: "add", field: "modes", element: "auto" }], clock.now());
+  doc.write([{ op: "add", field: "modes", element: "hold" }], clock.now());
+  doc.commit();
+  doc.write([{ op: "remove", field: "modes", element: "hold" }], clock.now());
+  doc.commit();
+  return doc;
+}
+
+Deno.test("twin document ids carry the epoch after the asset id, and only valid ones parse", () => {
+  assertEquals(twinDocId("b0.arm-3", 0), "b0.arm-3");
+  assertEquals(twinDocId("b0.arm-3", 7), "b0.arm-3~7");
+  assertEquals(parseTwinDocId("b0.arm-3~7"), { assetId: "b0.arm-3", epoch: 7 });
+  assertEquals(parseTwinDocId("b0.arm-3"), { assetId: "b0.arm-3", epoch: 0 });
+  for (const bad of ["b0.arm-3~0", "b0.arm-3~07", "b0.arm-3~", "~3", "a~1~2", "a b~1"]) {
+    assertEquals(parseTwinDocId(bad), undefined, bad);
+  }
+  // Gossip decoding refuses what does not parse.
+  const good = encodeGossip({ factory: "f1", docs: [{ docId: "arm-1~2", changes: [] }] });
+  assertEquals(decodeGossip(good).docs[0]?.docId, "arm-1~2");
+  const bad = encodeGossip({ factory: "f1", docs: [{ docId: "arm-1~02", changes: [] }] });
+  let refused = false;
+  try {
+    decodeGossip(bad);
+  } catch {
+    refused = true;
+  }
+  ok(refused, "a malformed document id is refused");
+});
+
+Deno.test("a rebased twin has the same state in a one-change history", () => {
+  const clock = new HybridLogicalClock({ node: "gw-a" });
+  const doc = armDoc(clock);
+  const rebased = TwinDoc.rebase(doc, 1, clock.now(), "gw-a");
+  assertEquals(rebased.resolve().fields, doc.resolve().fields);
+  assertEquals(rebased.resolve().meta, doc.resolve().meta);
+  assertEquals(rebased.storedEpoch(), 1);
+  assertEquals(rebased.changeCount(), 1);
+  ok(rebased.opCount() < 20, `${rebased.opCount()} ops`);
+  ok(doc.opCount() > 100, `${doc.opCount()} ops before`);
+  assertEquals(rebased.resolve().fields.modes?.value, ["auto"]);
+  assertEquals(rebased.resolve().fields.weldCount?.value, 50);
+  // Loaded from its bytes, it is the same twin in the same epoch.
+  const loaded = TwinDoc.load("arm-1", [rebased.save()]);
+  assertEquals(loaded.storedEpoch(), 1);
+  assertEquals(loaded.resolve().fields, doc.resolve().fields);
+});
+
+Deno.test("joinFrom carries only what beats the newer epoch, idempotently, and keeps removals", () => {
+  const clock = new HybridLogicalClock({ node: "gw-a" });
+  const older = armDoc(clock);
+  const before = TwinDoc.load("arm-1", [older.save()]); // a copy from before the rebase
+  const newer = TwinDoc.rebase(older, 1, clock.now(), "gw-a");
+  // Nothing to carry from the state the epoch was built from, nor from an older copy of it.
+  assertEquals(newer.joinFrom(older, clock.now(), "gw-a"), 0);
+  assertEquals(newer.joinFrom(before, clock.now(), "gw-a"), 0);
+  assertEquals(newer.resolve().fields.modes?.value, ["auto"], "the removed hold stays removed");
+
+  // Writes that landed in the old epoch after the rebase (another writer's, unseen by the owner).
+  const late = new HybridLogicalClock({ node: "gw-b" });
+  late.update(clock.now());
+  older.write([
+    { op: "set", field: "setpoints.weldCurrentA", value: 222 },
+    { op: "increment", field: "weldCount", delta: 5 },
+    { op: "add", field: "modes", element: "manual" },
+  ], late.now());
+  older.commit();
+  // And a later value in the new epoch that the old one must not overwrite.
+  const lateStamp = late.now();
+  older.write([{ op: "set", field: "setpoints.wireFeedMps", value: 0.1 }], lateStamp);
+  older.commit();
+  clock.update(lateStamp);
+  newer.write([{ op: "set", field: "setpoints.wireFeedMps", value: 0.3 }], clock.now());
+  newer.commit();
+
+  const carried = newer.joinFrom(older, clock.now(), "gw-a");
+  ok(carried >= 3, `${carried} keys carried`);
+  newer.commit();
+  const fields = newer.resolve().fields;
+  assertEquals(fields["setpoints.weldCurrentA"]?.value, 222);
+  assertEquals(fields.weldCount?.value, 55, "counter totals merge by writer, not summed twice");
+  assertEquals(fields.modes?.value, ["auto", "manual"]);
+  assertEquals(fields["setpoints.wireFeedMps"]?.value, 0.3, "the later write wins");
+  assertEquals(newer.joinFrom(older, clock.now(), "gw-a"), 0, "a second join writes nothing");
+});
+
+function deliver(flushed: FlushedChanges[], to: TwinReplica): void {
+  for (const { docId, factory, changes } of flushed) {
+    to.ingestGossip(decodeGossip(encodeGossip({ factory, docs: [{ docId, changes }] })));
+  }
+}
+
+Deno.test("a peer follows the owner into a new epoch by gossip and carries its own writes over", () => {
+  const wall = new FakeWallClock();
+  const owner = makeReplica("gw-a", { wall, rebaseAfterOps: 40 });
+  const peer = makeReplica("gw-b", { wall, rebaseAfterOps: 40 });
+  owner.create("arm-1", "welding-arm");
+  syncInMemory(owner, peer);
+  deliver(owner.flush(), peer);
+
+  // The peer writes while cut off; the owner's history passes the bound meanwhile.
+  peer.write("arm-1", [{ op: "set", field: "setpoints.travelSpeedMmps", value: 7 }], "any");
+  const stale = peer.flush(); // gossip of the old epoch, delivered late
+  for (let i = 0; i < 40; i++) {
+    wall.nowMs += 10;
+    owner.write("arm-1", [{ op: "increment", field: "runtimeMs", delta: 10 }], "owner");
+    deliver(owner.flush(), peer);
+  }
+  ok(owner.epochOf("arm-1") >= 1, "the owner started an epoch");
+  assertEquals(peer.epochOf("arm-1"), owner.epochOf("arm-1"), "the peer followed");
+  ok(owner.doc("arm-1").opCount() <= 40 + 20, `${owner.doc("arm-1").opCount()} ops`);
+
+  // The late old-epoch gossip is dropped (and counted) by the owner …
+  deliver(stale, owner);
+  ok(owner.stats.dropped_old_epoch > 0);
+  assertEquals(owner.state("arm-1").fields["setpoints.travelSpeedMmps"], undefined);
+  // … and the peer's switch already carried the write: its next flush brings it.
+  ok(peer.stats.epoch_keys_carried > 0);
+  deliver(peer.flush(), owner);
+  assertEquals(owner.state("arm-1").fields["setpoints.travelSpeedMmps"]?.value, 7);
+  assertEquals(owner.state("arm-1").fields.runtimeMs?.value, 400);
+  assertEquals(peer.state("arm-1").fields, owner.state("arm-1").fields);
+});
+
+Deno.test("a replica far behind fetches the new epoch by sync (its genesis gossip was lost)", () => {
+  const wall = new FakeWallClock();
+  const owner = makeReplica("gw-a", { wall, rebaseAfterOps: 30 });
+  const peer = makeReplica("gw-b", { wall, rebaseAfterOps: 30 });
+  owner.create("arm-1", "welding-arm");
+  syncInMemory(owner, peer);
+  for (let i = 0; i < 60; i++) {
+    wall.nowMs += 10;
+    owner.write("arm-1", [{ op: "set", field: "setpoints.weldCurrentA", value: i }], "owner");
+    owner.flush(); // gossip lost
+  }
+  peer.write("arm-1", [{ op: "add", field: "modes", element: "hold" }], "any");
+  ok(owner.epochOf("arm-1") >= 2);
+  assertEquals(peer.epochOf("arm-1"), 0);
+  syncInMemory(peer, owner);
+  syncInMemory(owner, peer);
+  assertEquals(peer.epochOf("arm-1"), owner.epochOf("arm-1"));
+  assertEquals(owner.state("arm-1").fields.modes?.value, ["hold"]);
+  assertEquals(owner.state("arm-1").fields["setpoints.weldCurrentA"]?.value, 59);
+  assertEquals(peer.state("arm-1").fields, owner.state("arm-1").fields);
+});
+
+Deno.test("two sides of a partition that start the same epoch independently merge it", () => {
+  const wall = new FakeWallClock();
+  const owner = makeReplica("gw-a", { wall, rebaseAfterOps: 10 });
+  const other = makeReplica("gw-b", { wall, rebaseAfterOps: 10 });
+  owner.create("arm-1", "welding-arm");
+  syncInMemory(owner, other);
+  owner.flush();
+  other.flush();
+  // Partitioned: each side writes past its bound (the non-owner's is 4x the owner's).
+  let weldCountA = 0;
+  while (owner.epochOf("arm-1") === 0) {
+    wall.nowMs += 5;
+    owner.write("arm-1", [{ op: "increment", field: "weldCount", delta: 1 }], "owner");
+    weldCountA++;
+    owner.flush();
+  }
+  let speed = 0;
+  while (other.epochOf("arm-1") === 0) {
+    wall.nowMs += 5;
+    other.write(
+      "arm-1",
+      [{ op: "set", field: "setpoints.travelSpeedMmps", value: ++speed }],
+      "any",
+    );
+    other.flush();
+  }
+  assertEquals([owner.epochOf("arm-1"), other.epochOf("arm-1")], [1, 1]);
+  ok(other.stats.epochs_started === 1 && owner.stats.epochs_started === 1);
+  // Heal: both geneses of epoch 1 end up in one document holding both sides' state.
+  syncInMemory(owner, other);
+  syncInMemory(other, owner);
+  const fields = owner.state("arm-1").fields;
+  assertEquals(fields.weldCount?.value, weldCountA);
+  assertEquals(fields["setpoints.travelSpeedMmps"]?.value, speed);
+  assertEquals(other.state("arm-1").fields, fields);
+  assertEquals(owner.doc("arm-1").heads(), other.doc("arm-1").heads());
+});
