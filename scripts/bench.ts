@@ -10,6 +10,7 @@ const BENCHMARKS: Record<string, string> = {
   estop: "./bench_estop.ts",
   detect: "./bench_detect.ts",
   partition: "./bench_partition.ts",
+  history: "./bench_history.ts",
 };
 
 const [name, ...args] = Deno.args;
