@@ -491,7 +491,7 @@ export function helpText(): string {
     const left = `${f.flag}${f.arg ? " " + f.arg : ""}`;
     const value = defaults[f.field];
     const shown = f.kind === "negate"
-      ? "mdns on"
+      ? `${f.field} ${value ? "on" : "off"}`
       : f.field === "name"
       ? `host name (${value})`
       : Array.isArray(value)

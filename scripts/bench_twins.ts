@@ -62,6 +62,8 @@ export interface TwinsBenchReport {
   load_average: number | null;
   /** Twin sync sessions started by all gateways (gossip gaps, reconnects, anti-entropy). */
   sync_sessions: number | null;
+  /** Worst event-loop lag any gateway reported during the run (its 10 s maximum, sampled). */
+  loop_lag_max_ms: number | null;
 }
 
 const GATEWAYS = 3;
@@ -258,6 +260,7 @@ interface RunResult {
   benchCpuS: number | null;
   loadAverage: number | null;
   counters: Record<string, number> | null;
+  loopLagMaxMs: number | null;
 }
 
 /** Issues writes at the aggregate rate for the duration; follows every `sampleEvery`th. */
@@ -278,6 +281,7 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
     benchCpuS: null,
     loadAverage: null,
     counters: null,
+    loopLagMaxMs: null,
   };
   const gatewayPids = gateways.map((g) => g.child.pid);
   const gatewayCpuBefore = totalCpuSeconds(gatewayPids);
@@ -327,6 +331,11 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
       );
     }
   };
+  const lagSampler = setInterval(() => {
+    void worstLoopLag(gateways).then((ms) => {
+      if (ms !== null) result.loopLagMaxMs = Math.max(result.loopLagMaxMs ?? 0, ms);
+    });
+  }, LOOP_LAG_SAMPLE_MS);
   const startedAt = performance.now();
   const endAt = startedAt + options.durationS * 1000;
   const writesPerMs = options.rate / 1000;
@@ -347,6 +356,7 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
     }
   }
   await Promise.all(pending);
+  clearInterval(lagSampler);
   result.elapsedS = (performance.now() - startedAt) / 1000;
   await Promise.all(follows);
   const gatewayCpuAfter = totalCpuSeconds(gatewayPids);
@@ -360,6 +370,21 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
   result.loadAverage = loadAverage();
   result.counters = await twinCounters(gateways);
   return result;
+}
+
+/** Each gateway's lag figure covers its last 10 s; sampling more often than that misses nothing. */
+const LOOP_LAG_SAMPLE_MS = 5_000;
+
+/** The worst `eventLoopLagMaxMs` the gateways report now; null when one cannot be read. */
+async function worstLoopLag(gateways: readonly GatewayProcess[]): Promise<number | null> {
+  try {
+    const stats = await Promise.all(
+      gateways.map((g) => getJson<{ stats: { eventLoopLagMaxMs?: number } }>(g, "/status")),
+    );
+    return Math.max(...stats.map((s) => s.stats.eventLoopLagMaxMs ?? 0));
+  } catch {
+    return null;
+  }
 }
 
 /** Gateway counters that explain the figures, summed over the gateways (from `GET /metrics`). */
@@ -423,6 +448,7 @@ function printTable(result: RunResult, options: Options): void {
     } |`,
   );
   console.log(`| bench process CPU, cores busy | ${perS(result.benchCpuS)} |`);
+  console.log(`| worst gateway event-loop lag | ${result.loopLagMaxMs ?? "n/a"} ms |`);
   for (const [name, value] of Object.entries(result.counters ?? {})) {
     console.log(`| ${name} (all gateways) | ${value} |`);
   }
@@ -470,6 +496,7 @@ export async function main(args: string[]): Promise<TwinsBenchReport> {
       : round(result.gatewayCpuS / result.elapsedS),
     load_average: result.loadAverage,
     sync_sessions: result.counters?.twinmesh_twins_sync_sessions ?? null,
+    loop_lag_max_ms: result.loopLagMaxMs,
   };
   console.log(JSON.stringify(report));
   return report;

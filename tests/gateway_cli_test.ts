@@ -104,6 +104,9 @@ Deno.test("--help lists every flag with its default and exits 0", async () => {
     assert(result.stdout.includes(flag), `help lacks ${flag}`);
   }
   assertMatch(result.stdout, /--http <host:port>.*\[default: 127\.0\.0\.1:8080\]/);
+  // An opt-out flag names the setting it turns off.
+  assertMatch(result.stdout, /--no-mdns .*\[default: mdns on\]/);
+  assertMatch(result.stdout, /--no-estop-realtime .*\[default: estopRealtime on\]/);
 });
 
 Deno.test("loadConfig applies file < env < flag precedence and validates the result", () => {
