@@ -13,7 +13,7 @@ import { createLogger, type Logger } from "./log.ts";
 import { type GatewayStore, openStore } from "./storage.ts";
 import { loadOrCreateIdentity } from "./identity.ts";
 import { readMeshKey } from "./mesh_key.ts";
-import { createMeshNode, type MeshNode } from "./libp2p.ts";
+import { createMeshNode, MdnsSightings, type MeshNode } from "./libp2p.ts";
 import { formatAgent, Mesh } from "./mesh.ts";
 import { GatewayMetrics } from "./metrics.ts";
 import { type HttpServerHandle, Router, serveHttp } from "./http.ts";
@@ -174,7 +174,9 @@ async function assemble(
   });
 
   const identity = { name: config.name, factory: config.factory, region: config.region };
+  const sightings = new MdnsSightings();
   const libp2p = await createMeshNode({
+    sightings,
     privateKey: key,
     listen: config.listen,
     userAgent: formatAgent({ ...identity, estopPort }),
@@ -194,6 +196,7 @@ async function assemble(
   }
   const mesh = new Mesh({ self: identity, peers: config.peers }, {
     libp2p,
+    sightings,
     logger: log.child("mesh"),
   });
   mesh.start();

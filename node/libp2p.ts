@@ -54,10 +54,13 @@ interface MdnsInternals {
  * 12.x class); if a future version renames it, the burst is skipped and
  * discovery falls back to the interval.
  */
-function mdnsWithStartBurst(serviceTag: string) {
+function mdnsWithStartBurst(serviceTag: string, sightings: MdnsSightings | undefined) {
   const create = mdns({ interval: MDNS_INTERVAL_MS, serviceTag });
   return (components: Parameters<typeof create>[0]): Discovery => {
     const discovery = create(components);
+    discovery.addEventListener("peer", (event) => {
+      sightings?.dispatchEvent(new CustomEvent("peer", { detail: event.detail }));
+    });
     const internals = discovery as unknown as MdnsInternals;
     const start = internals.start.bind(discovery);
     const timers: ReturnType<typeof setTimeout>[] = [];
@@ -82,6 +85,14 @@ export const MAX_CONNECTIONS = 300;
 /** Inbound connection attempts accepted per second per remote host. */
 export const INBOUND_CONNECTIONS_PER_S = 100;
 
+/**
+ * Every mDNS answer, as a `peer` event (`CustomEvent<PeerInfo>`). libp2p turns
+ * an answer into `peer:discovery` only the first time it sees the peer, so a
+ * gateway whose first dial failed (a busy moment) would never be dialled
+ * again; the mesh listens here instead, once per answer (about a second).
+ */
+export class MdnsSightings extends EventTarget {}
+
 export interface MeshNodeInit {
   privateKey: PrivateKey;
   listen: string[];
@@ -94,6 +105,8 @@ export interface MeshNodeInit {
   meshKey: Uint8Array | null;
   /** Prometheus registry that receives libp2p's own metrics. */
   registry?: Registry;
+  /** Receives every mDNS answer (see {@link MdnsSightings}). */
+  sightings?: MdnsSightings;
 }
 
 /** Creates (but does not start) the node. */
@@ -107,7 +120,9 @@ export function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     ...(init.meshKey ? { connectionProtector: preSharedKey({ psk: init.meshKey }) } : {}),
-    peerDiscovery: init.mdns ? [mdnsWithStartBurst(mdnsServiceTag(init.factory))] : [],
+    peerDiscovery: init.mdns
+      ? [mdnsWithStartBurst(mdnsServiceTag(init.factory), init.sightings)]
+      : [],
     // The default inbound threshold (5 connections per second per host) refuses
     // a restarted factory or a local mesh whose gateways all share one address.
     connectionManager: {

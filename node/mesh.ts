@@ -2,7 +2,9 @@
  * Mesh membership: who is who, and staying connected.
  *
  * - Gateways of the factory are found by mDNS; @libp2p/mdns reports peers
- *   but does not dial them, so we dial on `peer:discovery`.
+ *   but does not dial them, so we dial on every mDNS answer from a peer we
+ *   are not connected to (libp2p's `peer:discovery` fires only the first
+ *   time, which would leave a failed first dial unretried).
  * - Configured peers (other regions, through the WireGuard tunnel) are
  *   dialled at start and redialled with capped exponential back-off whenever
  *   the link drops.
@@ -101,6 +103,8 @@ export interface MeshInit {
 export interface MeshComponents {
   libp2p: MeshNode;
   logger: Logger;
+  /** Every mDNS answer (node/libp2p.ts MdnsSightings); without it only first discoveries count. */
+  sightings?: EventTarget;
 }
 
 /** Events other services care about. */
@@ -120,12 +124,15 @@ export class Mesh {
   #running = false;
   #listeners: Array<[string, EventListener]> = [];
   readonly #reidentifying = new Set<string>();
+  readonly #dialing = new Set<string>();
+  readonly #sightings: EventTarget | undefined;
   readonly stats = { dialFailures: 0, reconnects: 0, discoveries: 0, reidentified: 0 };
   events: MeshEvents = {};
 
   constructor(init: MeshInit, components: MeshComponents) {
     this.#init = init;
     this.#libp2p = components.libp2p;
+    this.#sightings = components.sightings;
     this.#log = components.logger;
     this.#configured = init.peers.map((text) => {
       const address = multiaddr(text);
@@ -140,25 +147,13 @@ export class Mesh {
 
   start(): void {
     this.#running = true;
-    this.#on("peer:discovery", (event) => {
-      const id = (event as CustomEvent<{ id: PeerId }>).detail.id;
-      if (id.equals(this.#libp2p.peerId)) return;
-      this.stats.discoveries++;
-      const entry = this.#entry(id.toString());
-      entry.via ??= "mdns";
-      const connections = this.#libp2p.getConnections(id);
-      if (connections.length > 0) {
-        if (!entry.identity) this.#reidentifyIfStuck(connections[0]!);
-        return;
-      }
-      this.#libp2p.dial(id, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) }).catch((err) => {
-        this.stats.dialFailures++;
-        this.#log.warn("dial after mDNS discovery failed", {
-          remote: id.toString(),
-          error: describeDialError(err),
-        });
-      });
-    });
+    const found: EventListener = (event) =>
+      this.#found((event as CustomEvent<{ id: PeerId }>).detail.id);
+    this.#on("peer:discovery", found);
+    if (this.#sightings) {
+      this.#sightings.addEventListener("peer", found);
+      this.#listeners.push(["sighting", found]);
+    }
     this.#on("peer:identify", (event) => {
       const result = (event as CustomEvent<{ peerId: PeerId; agentVersion?: string }>).detail;
       const identity = parseAgent(result.agentVersion);
@@ -202,7 +197,8 @@ export class Mesh {
     clearInterval(this.#pingTimer);
     for (const peer of this.#configured) clearTimeout(peer.timer);
     for (const [type, listener] of this.#listeners) {
-      this.#libp2p.removeEventListener(type as "peer:connect", listener);
+      if (type === "sighting") this.#sightings?.removeEventListener("peer", listener);
+      else this.#libp2p.removeEventListener(type as "peer:connect", listener);
     }
     this.#listeners = [];
   }
@@ -239,6 +235,29 @@ export class Mesh {
     const out = new Map<string, GatewayIdentity>();
     for (const [id, entry] of this.#known) if (entry.identity) out.set(id, entry.identity);
     return out;
+  }
+
+  /** A peer seen by mDNS: dial it unless linked (one dial at a time), identify it again if stuck. */
+  #found(id: PeerId): void {
+    if (id.equals(this.#libp2p.peerId)) return;
+    this.stats.discoveries++;
+    const key = id.toString();
+    const entry = this.#entry(key);
+    entry.via ??= "mdns";
+    const connections = this.#libp2p.getConnections(id);
+    if (connections.length > 0) {
+      if (!entry.identity) this.#reidentifyIfStuck(connections[0]!);
+      return;
+    }
+    if (this.#dialing.has(key)) return;
+    this.#dialing.add(key);
+    this.#libp2p.dial(id, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) }).catch((err) => {
+      this.stats.dialFailures++;
+      this.#log.warn("dial after mDNS discovery failed", {
+        remote: key,
+        error: describeDialError(err),
+      });
+    }).finally(() => this.#dialing.delete(key));
   }
 
   /** See {@link REIDENTIFY_AFTER_MS}; success arrives as a `peer:identify` event. */

@@ -360,6 +360,7 @@ async function runProcesses(options: Options): Promise<EstopBenchReport> {
     }
 
     const latencies: number[] = [];
+    const slowest: { ms: number; origin: number; owner: number; atMs: number }[] = [];
     let negative = 0;
     let missingRecords = 0;
     let subMs = 0;
@@ -375,8 +376,21 @@ async function runProcesses(options: Options): Promise<EstopBenchReport> {
       if (ms < 0) negative++;
       if (!Number.isInteger(sent.atMs) && !Number.isInteger(acted.actedAtMs)) subMs++;
       latencies.push(ms);
+      if (ms > 5) slowest.push({ ms, origin: s.origin, owner: s.owner, atMs: sent.atMs });
     }
     latencies.sort((a, b) => a - b);
+    // The tail's shape: whether slow stops share an origin, an owner or a moment.
+    const firstAtMs = Math.min(
+      ...issued.map((s) => records.get(`${s.origin}/${s.id}`)?.atMs ?? Infinity),
+    );
+    for (const slow of slowest.sort((a, b) => b.ms - a.ms).slice(0, 10)) {
+      console.error(
+        `[bench estop] slow stop: ${
+          round3(slow.ms)
+        } ms, gateway ${slow.origin} -> ${slow.owner}, ` +
+          `${((slow.atMs - firstAtMs) / 1000).toFixed(2)} s into the run`,
+      );
+    }
     const lost = issued.filter((s) => !latchedIds.has(`${s.owner}/${s.assetId}/${s.id}`)).length;
     const httpSorted = issued.map((s) => s.httpMs).sort((a, b) => a - b);
     const stats = await Promise.all(

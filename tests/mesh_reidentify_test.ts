@@ -1,19 +1,23 @@
 /**
- * Mesh membership over two real libp2p nodes: a peer that is connected but
- * never identified (its identify exchange was missed) is identified again
- * when mDNS reports it once more.
+ * Mesh membership over two real libp2p nodes, driven by mDNS answers: a
+ * peer whose first dial failed is dialled again on the next answer, and a
+ * peer that is connected but never identified (its identify exchange was
+ * missed) is identified again.
  */
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { generateKeyPair } from "@libp2p/crypto/keys";
-import { createMeshNode, type MeshNode } from "../node/libp2p.ts";
+import type { PrivateKey } from "@libp2p/interface";
+import { multiaddr } from "@multiformats/multiaddr";
+import { createMeshNode, MdnsSightings, type MeshNode } from "../node/libp2p.ts";
+import { freePort } from "../scripts/mesh_processes.ts";
 import { formatAgent, Mesh, REIDENTIFY_AFTER_MS } from "../node/mesh.ts";
 import { silentLogger } from "../node/log.ts";
 import { waitUntil } from "./wait.ts";
 
-async function node(name: string): Promise<MeshNode> {
+async function node(name: string, port = 0, key?: PrivateKey): Promise<MeshNode> {
   const libp2p = await createMeshNode({
-    privateKey: await generateKeyPair("Ed25519"),
-    listen: ["/ip4/127.0.0.1/tcp/0"],
+    privateKey: key ?? await generateKeyPair("Ed25519"),
+    listen: [`/ip4/127.0.0.1/tcp/${port}`],
     userAgent: formatAgent({ name, factory: "f", region: "r" }),
     factory: "f",
     mdns: false,
@@ -54,6 +58,40 @@ Deno.test("a connected peer whose identify was missed is identified again on red
     assertEquals(mesh.stats.reidentified, 1);
   } finally {
     mesh?.stop();
+    await a.stop();
+    await b.stop();
+  }
+});
+
+Deno.test("a peer whose first dial failed is dialled again on the next mDNS answer", async () => {
+  const a = await node("a");
+  const port = freePort();
+  const address = multiaddr(`/ip4/127.0.0.1/tcp/${port}`);
+  const bKey = await generateKeyPair("Ed25519");
+  let b = await node("b", port, bKey);
+  const bId = b.peerId;
+  await b.stop(); // not listening yet: the first dial fails
+  const sightings = new MdnsSightings();
+  const mesh = new Mesh({ self: { name: "a", factory: "f", region: "r" }, peers: [] }, {
+    libp2p: a,
+    sightings,
+    logger: silentLogger,
+  });
+  const answer = () =>
+    sightings.dispatchEvent(
+      new CustomEvent("peer", { detail: { id: bId, multiaddrs: [address] } }),
+    );
+  try {
+    await a.peerStore.merge(bId, { multiaddrs: [address] }); // as libp2p does on the first answer
+    mesh.start();
+    answer();
+    await waitUntil(() => mesh.stats.dialFailures === 1, 10_000, "the first dial to fail", 20);
+    b = await node("b", port, bKey); // now listening
+    answer(); // the next answer (about a second later on a LAN)
+    await waitUntil(() => mesh.peers().length === 1, 10_000, "b listed after the redial", 20);
+    assertEquals(mesh.peers()[0]!.name, "b");
+  } finally {
+    mesh.stop();
     await a.stop();
     await b.stop();
   }
