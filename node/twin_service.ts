@@ -29,6 +29,8 @@ import {
   type GossipDoc,
   MAX_GOSSIP_CHANGES_PER_DOC,
   MAX_GOSSIP_MESSAGE_BYTES,
+  parseTwinDocId,
+  TWIN_GOSSIP_VERSION,
   TWIN_SYNC_PROTOCOL,
   TwinCodecError,
 } from "../protocols/twin_codec.ts";
@@ -115,7 +117,7 @@ export const MAX_REMEMBERED_SYNC_PEERS = 64;
 
 /** Gossip topic of a factory's twins. */
 export function twinTopic(factory: string): string {
-  return `twinmesh/${factory}/twins/1`;
+  return `twinmesh/${factory}/twins/${TWIN_GOSSIP_VERSION}`;
 }
 
 /** `writeMeasured` on an asset this gateway does not own. */
@@ -265,7 +267,8 @@ export interface TwinService {
   flushNow(): Promise<void>;
   /**
    * Runs one sync session with `peer` now (after the running one, if any);
-   * resolves when it ends (errors are counted). `scope` limits it to those twins.
+   * resolves when it ends (errors are counted). `scope` limits it to those
+   * documents, named by wire id (`twinDocId`: the asset id in epoch 0).
    */
   syncWith(peer: PeerId, scope?: ReadonlySet<string>): Promise<void>;
 }
@@ -303,6 +306,7 @@ export type ServiceCounters = {
   compactions: number;
   commands_delivered: number;
   command_callback_errors: number;
+  tick_errors: number;
 };
 
 /** Creates the service; nothing happens until `start()`. */
@@ -356,6 +360,7 @@ class DefaultTwinService implements TwinService {
     compactions: 0,
     commands_delivered: 0,
     command_callback_errors: 0,
+    tick_errors: 0,
   };
   #callbacks = new Set<(assetId: string, command: TwinCommand) => void>();
   #commandViews = new Map<string, CommandView>();
@@ -570,7 +575,12 @@ class DefaultTwinService implements TwinService {
   #scheduleTick(): void {
     if (this.#ticking) return; // the previous tick is still publishing: skip, do not pile up
     this.#lastTickAtMs = performance.now();
-    this.#ticking = this.#tick().finally(() => {
+    this.#ticking = this.#tick().catch((error) => {
+      // A tick that throws must not end the gateway (an unhandled rejection
+      // would): count it, say so, and let the next tick try again.
+      this.#counters.tick_errors++;
+      this.#components.logger.error("twin tick failed", { error: String(error) });
+    }).finally(() => {
       this.#ticking = undefined;
       if (this.#tickAgain) {
         this.#tickAgain = false;
@@ -966,7 +976,9 @@ class DefaultTwinService implements TwinService {
       factories: replica.factories,
       listDocs: () => replica.listDocs(),
       ensureDoc: (docId, factory) => {
-        const known = replica.holds(docId);
+        // A new twin (not a later epoch of a known one) is worth passing on.
+        const assetId = parseTwinDocId(docId)?.assetId;
+        const known = assetId === undefined || replica.has(assetId);
         const ok = replica.ensureDoc(docId, factory);
         if (ok && !known) created.add(docId);
         return ok;

@@ -1,6 +1,6 @@
 /**
  * Wire formats of the twin protocols: gossip batches (one pubsub message per
- * factory and publish interval) and the frames of a `/twinmesh/twin-sync/1.0.0`
+ * factory and publish interval) and the frames of a `/twinmesh/twin-sync/3.0.0`
  * session. Hand-rolled binary (tag byte, LEB128 lengths, UTF-8 strings) so
  * that every length is checked against a named limit before anything is
  * allocated. Decoders throw {@link TwinCodecError}; callers drop and count.
@@ -13,17 +13,21 @@
  * ```
  */
 
-/** Gossip message format version (also in the topic name). */
-export const TWIN_GOSSIP_VERSION = 1;
 /**
- * Sync session format version. 2 added a flags byte (scoped sessions) and the
- * heads digest per twin to the hello; a version-1 hello is still accepted.
+ * Gossip message format version (also in the topic name). 2: documents are
+ * named by wire id (`twinDocId`, epochs) and removes write tombstones, so a
+ * version-1 gateway could neither read nor safely write the new documents.
  */
-export const TWIN_SYNC_VERSION = 2;
+export const TWIN_GOSSIP_VERSION = 2;
+/**
+ * Sync session format version (also in the protocol id). 3: as gossip 2;
+ * 2 added a flags byte (scoped sessions) and the heads digest per twin.
+ */
+export const TWIN_SYNC_VERSION = 3;
 /** Longest heads digest in a hello (see `headsDigest` in twin_sync.ts). */
 export const MAX_HEADS_DIGEST_CHARS = 64;
 /** The libp2p protocol id of a sync session. */
-export const TWIN_SYNC_PROTOCOL = "/twinmesh/twin-sync/1.0.0";
+export const TWIN_SYNC_PROTOCOL = `/twinmesh/twin-sync/${TWIN_SYNC_VERSION}.0.0`;
 
 /**
  * Largest gossip message. Gossip carries one publish interval of changes
@@ -219,10 +223,10 @@ export function decodeSyncFrame(bytes: Uint8Array): SyncFrame {
   let frame: SyncFrame;
   if (tag === TAG_HELLO) {
     const version = input.byte();
-    if (version !== TWIN_SYNC_VERSION && version !== 1) {
-      throw new TwinCodecError(`sync version ${version}; expected 1 or ${TWIN_SYNC_VERSION}`);
+    if (version !== TWIN_SYNC_VERSION) {
+      throw new TwinCodecError(`sync version ${version}; expected ${TWIN_SYNC_VERSION}`);
     }
-    const flags = version === 1 ? 0 : input.byte();
+    const flags = input.byte();
     if ((flags & ~HELLO_SCOPED) !== 0) throw new TwinCodecError(`unknown hello flags ${flags}`);
     const factories: string[] = [];
     const factoryCount = input.count("factories", MAX_HELLO_FACTORIES);
@@ -232,7 +236,7 @@ export function decodeSyncFrame(bytes: Uint8Array): SyncFrame {
     for (let i = 0; i < docCount; i++) {
       const docId = input.docId("twin document id");
       const factory = input.id("factory");
-      docs.push(version === 1 ? { docId, factory } : { docId, factory, heads: input.digest() });
+      docs.push({ docId, factory, heads: input.digest() });
     }
     frame = flags & HELLO_SCOPED
       ? { type: "hello", factories, docs, scoped: true }

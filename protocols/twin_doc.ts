@@ -455,6 +455,11 @@ export class TwinDoc {
     return this.#handle.stats().numOps;
   }
 
+  /** Keys of the root map: the state's size (what a new epoch's genesis holds, about). */
+  keyCount(): number {
+    return this.#handle.keys("_root").length;
+  }
+
   /** The epoch this document's genesis names (0 when absent). */
   storedEpoch(): number {
     const value = this.#handle.get("_root", EPOCH_KEY);
@@ -463,8 +468,11 @@ export class TwinDoc {
 
   /**
    * A new document for `epoch` holding `from`'s state (metadata and every
-   * key's best value, see {@link TwinDoc.joinFrom}) committed as one genesis
-   * change: the same twin with a one-change history.
+   * key's best valid value, see {@link TwinDoc.joinFrom}) committed as one
+   * genesis change: the same twin with a one-change history. OR-set adds
+   * removed by a key delete (how removes were written before tombstones, and
+   * what a peer still doing so sends) get their tombstone here, or a replica
+   * that never saw the delete would bring the element back.
    */
   static rebase(from: TwinDoc, epoch: number, hlc: Timestamp, origin: string): TwinDoc {
     assert(Number.isSafeInteger(epoch) && epoch > from.storedEpoch(), "epochs only grow");
@@ -472,9 +480,10 @@ export class TwinDoc {
     const doc = new TwinDoc(from.assetId, Automerge.init());
     for (const key of from.#handle.keys("_root")) {
       if (key === EPOCH_KEY) continue;
-      const value = from.#bestRaw(key);
-      if (value !== undefined) doc.#put(key, value);
+      const value = from.#carried(key);
+      if (value !== undefined) doc.#put(key, value.raw);
     }
+    for (const key of from.#deletedAdds()) doc.#put(`r:${key.slice(2)}`, 1);
     doc.#put(EPOCH_KEY, epoch);
     doc.#notePending(hlc, origin);
     doc.commit();
@@ -483,38 +492,95 @@ export class TwinDoc {
 
   /**
    * Carries `older`'s state into this document (left in the open batch):
-   * every key of the layout whose best value there beats this document's, or
-   * is missing here, is written. Returns how many keys were written; 0 when
+   * every key of the layout whose best valid value there beats this
+   * document's, or is missing here, is written (and adds `older` removed by
+   * a key delete get a tombstone). Returns how many keys were written; 0 when
    * this document already holds everything `older` does. Idempotent, and
    * safe to run by any number of replicas: the state only merges upward.
    */
   joinFrom(older: TwinDoc, hlc: Timestamp, origin: string): number {
     older.commit();
     let written = 0;
+    const write = (key: string, raw: string | number) => {
+      if (written++ === 0) this.#changed();
+      this.#put(key, raw);
+    };
     for (const key of older.#handle.keys("_root")) {
       if (META_KEY_SET.has(key)) continue; // this epoch's genesis holds the metadata
-      const theirs = older.#bestRaw(key);
+      const theirs = older.#carried(key);
       if (theirs === undefined) continue;
-      const ours = this.#bestRaw(key);
-      if (ours !== undefined && !beats(parseKey(key)!.kind, theirs, ours)) continue;
-      if (written === 0) this.#changed();
-      this.#put(key, theirs);
-      written++;
+      const ours = this.#carried(key);
+      if (ours === undefined || outranks(theirs, ours)) write(key, theirs.raw);
+    }
+    for (const key of older.#deletedAdds()) {
+      const tombstone = `r:${key.slice(2)}`;
+      if (this.#handle.get("_root", tombstone) === undefined) write(tombstone, 1);
     }
     if (written > 0) this.#notePending(hlc, origin);
     return written;
   }
 
-  /** The best of Automerge's concurrent values of a layout key; undefined for other keys. */
-  #bestRaw(key: string): string | number | undefined {
+  /**
+   * The value of a layout key to carry into another document, chosen by the
+   * rules resolve() reads it with: LWW and counter slots by their writer's
+   * stamp or total among the values that parse and pass the model; other
+   * keys by Automerge's own pick. Undefined when no value is valid: garbage
+   * is never carried, and never displaces a valid value.
+   */
+  #carried(key: string): Carried | undefined {
     const parsed = parseKey(key);
     if (!parsed) return undefined;
-    let best: string | number | undefined;
-    for (const [, raw] of this.#handle.getAll("_root", key)) {
-      if (typeof raw !== "string" && typeof raw !== "number") continue;
-      if (best === undefined || beats(parsed.kind, raw, best)) best = raw;
+    if (parsed.kind !== "lww" && parsed.kind !== "counter") {
+      const raw = this.#handle.get("_root", key);
+      return typeof raw === "string" || typeof raw === "number" ? { raw } : undefined;
+    }
+    const node = this.#handle.get("_root", `n:${parsed.tag}`);
+    if (typeof node !== "string" || writerTag(node) !== parsed.tag) return undefined;
+    const model = TWIN_MODELS.get(this.meta().kind ?? "");
+    const spec = model && Object.hasOwn(model.fields, parsed.field)
+      ? model.fields[parsed.field]
+      : undefined;
+    let best: Carried | undefined;
+    for (const [type, raw] of this.#handle.getAll("_root", key)) {
+      if (type !== "str") continue;
+      const entry = parseStamped(raw as string, node);
+      if (!entry) continue;
+      let candidate: Carried;
+      if (parsed.kind === "counter") {
+        const total = entry.json;
+        if (typeof total !== "number" || !Number.isSafeInteger(total) || total < 0) continue;
+        candidate = { raw: raw as string, total };
+      } else {
+        if (!spec) continue;
+        try {
+          validateValue(parsed.field, spec, entry.json);
+        } catch {
+          continue;
+        }
+        candidate = { raw: raw as string, hlc: entry.hlc };
+      }
+      if (!best || outranks(candidate, best)) best = candidate;
     }
     return best;
+  }
+
+  /** OR-set add keys this document's history deleted (removes before tombstones). */
+  #deletedAdds(): Set<string> {
+    const deleted = new Set<string>();
+    for (const change of this.#handle.getChanges([])) {
+      let decoded: Automerge.DecodedChange;
+      try {
+        decoded = Automerge.decodeChange(change);
+      } catch {
+        continue;
+      }
+      for (const op of decoded.ops) {
+        if (op.action === "del" && typeof op.key === "string" && op.key.startsWith("s:")) {
+          deleted.add(op.key);
+        }
+      }
+    }
+    return deleted;
   }
 
   /**
@@ -690,6 +756,22 @@ export class TwinSyncMessageError extends Error {
   }
 }
 
+/** A key's value to carry into another epoch, with what orders it (slots only). */
+interface Carried {
+  readonly raw: string | number;
+  /** LWW slots: the write's HLC. */
+  readonly hlc?: Timestamp;
+  /** Counter slots: the writer's running total. */
+  readonly total?: number;
+}
+
+/** True when `a` wins over `b` for the same key: a later HLC, a larger total; never for other keys. */
+function outranks(a: Carried, b: Carried): boolean {
+  if (a.hlc && b.hlc) return compareTimestamps(a.hlc, b.hlc) > 0;
+  if (a.total !== undefined && b.total !== undefined) return a.total > b.total;
+  return false;
+}
+
 /** A writer's counter slot: its running total and the HLC of its last increment. */
 interface CounterSlot {
   readonly total: number;
@@ -723,20 +805,6 @@ const CRDT_OF_KEY = {
 /** The document's epoch; written by {@link TwinDoc.rebase} only (absent: epoch 0). */
 const EPOCH_KEY = "meta:epoch";
 const META_KEY_SET: ReadonlySet<string> = new Set([...Object.values(META_KEYS), EPOCH_KEY]);
-
-/**
- * True when raw value `a` of a key beats `b` under the key's rule: a later
- * stamp for LWW slots, a larger total for counter slots. Other keys carry a
- * constant (presence is what counts), so neither beats the other.
- */
-function beats(kind: ParsedKey["kind"], a: string | number, b: string | number): boolean {
-  if (typeof a !== "string" || typeof b !== "string") return false;
-  if (kind === "lww") return a.slice(0, STAMP_CHARS) > b.slice(0, STAMP_CHARS);
-  if (kind === "counter") {
-    return Number(a.slice(STAMP_CHARS + 1)) > Number(b.slice(STAMP_CHARS + 1));
-  }
-  return false;
-}
 const TAG_PATTERN = /^[0-9a-z]{1,12}$/;
 
 /**
@@ -824,14 +892,18 @@ function parseCommitMessage(message: string | null): CommitMessage | undefined {
 }
 
 /**
- * A change may only set or delete keys of the layout on the root map: no
- * nested objects, lists, text or counters. Values are checked when resolved.
+ * A change may only set keys of the layout on the root map: no nested
+ * objects, lists, text or counters, and no deletes (removes write
+ * tombstones; a delete would be lost at the next epoch). Metadata, the epoch
+ * included, is written only by a document's first change. Values are
+ * checked when resolved.
  */
 function changeOpsAreValid(change: Automerge.DecodedChange): boolean {
+  const first = change.deps.length === 0;
   for (const op of change.ops) {
-    if (op.obj !== "_root") return false;
-    if (op.action !== "set" && op.action !== "del") return false;
-    if (typeof op.key !== "string" || !parseKey(op.key)) return false;
+    if (op.obj !== "_root" || op.action !== "set" || typeof op.key !== "string") return false;
+    const parsed = parseKey(op.key);
+    if (!parsed || (parsed.kind === "meta" && !first)) return false;
   }
   return true;
 }

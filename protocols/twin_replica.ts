@@ -52,6 +52,17 @@ export const REBASE_AFTER_OPS = 2_000;
  * just leaves the ordinary case to the owner.
  */
 export const NON_OWNER_REBASE_FACTOR = 4;
+/** Later epochs a twin may be filling at once (one is usual); beyond it the highest is dropped. */
+export const MAX_PENDING_EPOCHS = 4;
+/**
+ * A later epoch whose genesis has not arrived after this long is dropped: a
+ * peer that named an epoch nobody can serve must not hold the twin back.
+ */
+export const PENDING_EPOCH_PATIENCE_MS = 60_000;
+/** Epochs further ahead than this are refused (years of epochs; guards the id's range). */
+export const MAX_EPOCH_LEAP = 100_000;
+/** Largest epoch: the wire id's 15 digits. */
+export const MAX_EPOCH = 999_999_999_999_999;
 
 /** An id that is not a twin this replica holds. */
 export class UnknownTwinError extends Error {
@@ -118,6 +129,8 @@ export type TwinReplicaStats = {
   epoch_keys_carried: number;
   /** Gossip changes for an epoch already left behind (their writer carries them over). */
   dropped_old_epoch: number;
+  /** Gossip changes for a later epoch refused (too far ahead, or too many pending). */
+  dropped_epoch_refused: number;
 };
 
 /** What a gossip batch left missing; see {@link TwinReplica.ingestGossip}. */
@@ -126,8 +139,8 @@ export type GossipGap = "none" | "parked" | "evicted";
 interface Entry {
   doc: TwinDoc;
   epoch: number;
-  /** A later epoch heard of, filling by gossip or sync until its genesis arrives. */
-  next?: { epoch: number; doc: TwinDoc };
+  /** Later epochs heard of, filling by gossip or sync until a genesis arrives; by epoch. */
+  pending: Map<number, { doc: TwinDoc; sinceMs: number }>;
   /** Factory from metadata, or from the gossip topic / hello that introduced the twin. */
   factory: string;
   pendingWrites: number;
@@ -153,6 +166,7 @@ export class TwinReplica implements TwinSyncTarget {
     epochs_adopted: 0,
     epoch_keys_carried: 0,
     dropped_old_epoch: 0,
+    dropped_epoch_refused: 0,
   };
   #components: TwinReplicaComponents;
   #maxTwins: number;
@@ -234,7 +248,7 @@ export class TwinReplica implements TwinSyncTarget {
 
   #add(assetId: string, doc: TwinDoc, factory: string, epoch: number): void {
     assert(!this.#entries.has(assetId), "a twin is added once");
-    this.#entries.set(assetId, { doc, epoch, factory, pendingWrites: 0 });
+    this.#entries.set(assetId, { doc, epoch, factory, pendingWrites: 0, pending: new Map() });
   }
 
   /**
@@ -274,10 +288,14 @@ export class TwinReplica implements TwinSyncTarget {
       entry.doc.commit();
       this.#takeChanges(assetId, entry, out);
       const bound = this.#rebaseAfterOps * (this.#owns(entry) ? 1 : NON_OWNER_REBASE_FACTOR);
-      if (entry.doc.meta().kind !== undefined && entry.doc.opCount() > bound) {
+      // History beyond the live keys: a state with many keys (OR-set tombstones
+      // pile up) must not start an epoch at every write.
+      const history = entry.doc.opCount() - entry.doc.keyCount();
+      const epoch = Math.max(entry.epoch, entry.doc.storedEpoch()) + 1;
+      if (entry.doc.meta().kind !== undefined && history > bound && epoch <= MAX_EPOCH) {
         const { clock, gatewayName } = this.#components;
-        const doc = TwinDoc.rebase(entry.doc, entry.epoch + 1, clock.now(), gatewayName);
-        this.#replace(assetId, entry, doc, entry.epoch + 1);
+        const doc = TwinDoc.rebase(entry.doc, epoch, clock.now(), gatewayName);
+        this.#replace(assetId, entry, doc, epoch);
         this.stats.epochs_started++;
         this.#takeChanges(assetId, entry, out);
       }
@@ -303,7 +321,7 @@ export class TwinReplica implements TwinSyncTarget {
     assert(epoch > entry.epoch, "a twin's epoch never goes back");
     entry.doc = doc;
     entry.epoch = epoch;
-    if (entry.next && entry.next.epoch <= epoch) entry.next = undefined;
+    for (const pending of entry.pending.keys()) if (pending <= epoch) entry.pending.delete(pending);
     this.#replaced.add(assetId);
     this.#dirty.add(assetId);
   }
@@ -313,20 +331,15 @@ export class TwinReplica implements TwinSyncTarget {
    * what only the old document held (this replica's writes the owner had
    * not seen when it started the epoch). The old document is dropped.
    */
-  #adopt(assetId: string, entry: Entry): void {
-    const next = entry.next;
-    if (!next || next.doc.storedEpoch() !== next.epoch || next.doc.meta().kind === undefined) {
-      return;
-    }
+  #adopt(assetId: string, entry: Entry, epoch: number): void {
+    const doc = entry.pending.get(epoch)?.doc;
+    if (!doc || doc.storedEpoch() !== epoch || doc.meta().kind === undefined) return;
     const older = entry.doc;
-    this.#replace(assetId, entry, next.doc, next.epoch);
+    this.#replace(assetId, entry, doc, epoch);
     // Uncommitted writes go with the rest of the old state (they are in its
     // open batch, which joinFrom commits); their old-epoch changes are moot.
-    const carried = next.doc.joinFrom(
-      older,
-      this.#components.clock.now(),
-      this.#components.gatewayName,
-    );
+    const { clock, gatewayName } = this.#components;
+    const carried = doc.joinFrom(older, clock.now(), gatewayName);
     older.takeUnpublished();
     this.stats.epochs_adopted++;
     this.stats.epoch_keys_carried += carried;
@@ -355,13 +368,17 @@ export class TwinReplica implements TwinSyncTarget {
     }
     let gap: GossipGap = "none";
     for (const { docId, changes } of batch.docs) {
+      if (changes.length === 0) continue; // names a document without content: nothing to create
+      const held = this.holds(docId);
       const found = this.ensureDoc(docId, batch.factory) ? this.#find(docId) : undefined;
       if (!found) {
-        if (this.#isLeftBehind(docId)) this.stats.dropped_old_epoch += changes.length;
+        const refused = this.#refusal(docId);
+        if (refused === "old") this.stats.dropped_old_epoch += changes.length;
+        else if (refused === "epoch") this.stats.dropped_epoch_refused += changes.length;
         else this.stats.dropped_twin_limit += changes.length;
         continue;
       }
-      const { assetId, entry, doc } = found;
+      const { assetId, entry, doc, epoch } = found;
       const result = doc.applyChanges(changes);
       this.stats.gossip_changes_applied += result.applied;
       this.stats.gossip_changes_duplicate += result.duplicate;
@@ -371,20 +388,24 @@ export class TwinReplica implements TwinSyncTarget {
       this.stats.dropped_invalid += result.invalid;
       if (result.evicted > 0) gap = "evicted";
       else if (result.parked > 0 && gap === "none") gap = "parked";
-      if (doc !== entry.doc) this.#adopt(assetId, entry);
-      else if (result.applied > 0) this.#noteRemote(assetId);
+      if (doc !== entry.doc) {
+        // A later epoch created for nothing usable (malformed, duplicate) is not kept.
+        if (!held && result.applied === 0 && doc.parkedChanges === 0) entry.pending.delete(epoch);
+        else this.#adopt(assetId, entry, epoch);
+      } else if (result.applied > 0) this.#noteRemote(assetId);
     }
     return gap;
   }
 
   /** The held document a wire id names: the twin's current one or the later epoch it is fetching. */
-  #find(docId: string): { assetId: string; entry: Entry; doc: TwinDoc } | undefined {
+  #find(
+    docId: string,
+  ): { assetId: string; entry: Entry; doc: TwinDoc; epoch: number } | undefined {
     const id = parseTwinDocId(docId);
     const entry = id && this.#entries.get(id.assetId);
     if (!id || !entry) return undefined;
-    if (id.epoch === entry.epoch) return { assetId: id.assetId, entry, doc: entry.doc };
-    if (id.epoch === entry.next?.epoch) return { assetId: id.assetId, entry, doc: entry.next.doc };
-    return undefined;
+    const doc = id.epoch === entry.epoch ? entry.doc : entry.pending.get(id.epoch)?.doc;
+    return doc && { assetId: id.assetId, entry, doc, epoch: id.epoch };
   }
 
   /** True when the document a wire id names is held (see {@link TwinReplica.ensureDoc}). */
@@ -392,11 +413,12 @@ export class TwinReplica implements TwinSyncTarget {
     return this.#find(docId) !== undefined;
   }
 
-  /** True for a wire id of an epoch this replica has moved past. */
-  #isLeftBehind(docId: string): boolean {
+  /** Why ensureDoc refused a wire id: an epoch left behind, a later epoch refused, or neither. */
+  #refusal(docId: string): "old" | "epoch" | undefined {
     const id = parseTwinDocId(docId);
     const entry = id && this.#entries.get(id.assetId);
-    return !!id && !!entry && id.epoch < Math.max(entry.epoch, entry.next?.epoch ?? 0);
+    if (!id || !entry) return undefined;
+    return id.epoch < entry.epoch ? "old" : "epoch";
   }
 
   /** Wire ids of documents holding gossip changes parked for missing dependencies. */
@@ -404,8 +426,8 @@ export class TwinReplica implements TwinSyncTarget {
     const ids = new Set<string>();
     for (const [assetId, entry] of this.#entries) {
       if (entry.doc.parkedChanges > 0) ids.add(twinDocId(assetId, entry.epoch));
-      if (entry.next && entry.next.doc.parkedChanges > 0) {
-        ids.add(twinDocId(assetId, entry.next.epoch));
+      for (const [epoch, { doc }] of entry.pending) {
+        if (doc.parkedChanges > 0) ids.add(twinDocId(assetId, epoch));
       }
     }
     return ids;
@@ -415,7 +437,8 @@ export class TwinReplica implements TwinSyncTarget {
   parkedChanges(): number {
     let parked = 0;
     for (const entry of this.#entries.values()) {
-      parked += entry.doc.parkedChanges + (entry.next?.doc.parkedChanges ?? 0);
+      parked += entry.doc.parkedChanges;
+      for (const { doc } of entry.pending.values()) parked += doc.parkedChanges;
     }
     return parked;
   }
@@ -472,15 +495,29 @@ export class TwinReplica implements TwinSyncTarget {
 
   // --- TwinSyncTarget: documents are named by wire id (asset and epoch, see twinDocId) ---
 
-  listDocs(): { docId: string; factory: string }[] {
-    const out: { docId: string; factory: string }[] = [];
+  /**
+   * Every held document; later epochs still waiting for their genesis are
+   * marked `pending` (a session offers them only when fetching a known gap,
+   * so an epoch nobody can serve does not spread through hellos).
+   */
+  listDocs(): { docId: string; factory: string; pending?: true }[] {
+    const out: { docId: string; factory: string; pending?: true }[] = [];
     for (const [assetId, entry] of this.#entries) {
       out.push({ docId: twinDocId(assetId, entry.epoch), factory: entry.factory });
-      if (entry.next) {
-        out.push({ docId: twinDocId(assetId, entry.next.epoch), factory: entry.factory });
+      this.#expirePending(entry);
+      for (const epoch of entry.pending.keys()) {
+        out.push({ docId: twinDocId(assetId, epoch), factory: entry.factory, pending: true });
       }
     }
     return out;
+  }
+
+  /** See {@link PENDING_EPOCH_PATIENCE_MS}. */
+  #expirePending(entry: Entry): void {
+    const now = performance.now();
+    for (const [epoch, { sinceMs }] of entry.pending) {
+      if (now - sinceMs > PENDING_EPOCH_PATIENCE_MS) entry.pending.delete(epoch);
+    }
   }
 
   /**
@@ -499,10 +536,17 @@ export class TwinReplica implements TwinSyncTarget {
       return true;
     }
     if (id.epoch <= entry.epoch) return id.epoch === entry.epoch;
-    if (!entry.next || entry.next.epoch < id.epoch) {
-      entry.next = { epoch: id.epoch, doc: TwinDoc.empty(id.assetId) };
+    if (entry.pending.has(id.epoch)) return true;
+    if (id.epoch - entry.epoch > MAX_EPOCH_LEAP) return false;
+    this.#expirePending(entry);
+    if (entry.pending.size >= MAX_PENDING_EPOCHS) {
+      // Keep the lower epochs: a far one is more likely one nobody can serve.
+      const highest = Math.max(...entry.pending.keys());
+      if (highest < id.epoch) return false;
+      entry.pending.delete(highest);
     }
-    return entry.next.epoch === id.epoch;
+    entry.pending.set(id.epoch, { doc: TwinDoc.empty(id.assetId), sinceMs: performance.now() });
+    return true;
   }
 
   generateSyncMessage(docId: string, state: TwinSyncState): [TwinSyncState, Uint8Array | null] {
@@ -517,12 +561,12 @@ export class TwinReplica implements TwinSyncTarget {
   receiveSyncMessage(docId: string, state: TwinSyncState, message: Uint8Array): TwinSyncState {
     const found = this.#find(docId);
     if (!found) return state; // an epoch left behind during the session
-    const { assetId, entry, doc } = found;
+    const { assetId, entry, doc, epoch } = found;
     const before = doc.heads();
     const next = doc.receiveSyncMessage(state, message);
     this.stats.sync_messages_received++;
     if (doc !== entry.doc) {
-      this.#adopt(assetId, entry);
+      this.#adopt(assetId, entry, epoch);
       return next;
     }
     const after = doc.heads();

@@ -1,6 +1,6 @@
 /**
  * Twin sync sessions: Automerge's sync protocol for every twin two peers both
- * replicate, run over one stream of the `/twinmesh/twin-sync/1.0.0` protocol
+ * replicate, run over one stream of the `/twinmesh/twin-sync/3.0.0` protocol
  * on every (re)connection. It fetches whatever gossip missed, so a partition
  * of any length heals without manual work.
  *
@@ -81,8 +81,16 @@ export const SYNC_SESSION_TIMEOUT_MS = 120_000;
 export interface TwinSyncTarget {
   /** Factories this replica replicates. */
   readonly factories: readonly string[];
-  /** Twins this replica holds in `factories`, with their factory. */
-  listDocs(): readonly { readonly docId: string; readonly factory: string }[];
+  /**
+   * Documents this replica holds in `factories`, with their factory.
+   * `pending`: held but still empty (a later epoch waiting for its genesis);
+   * offered only by a session fetching a known gap.
+   */
+  listDocs(): readonly {
+    readonly docId: string;
+    readonly factory: string;
+    readonly pending?: true;
+  }[];
   /** Makes sure a twin exists (empty if new); false when it may not be held (limit, factory). */
   ensureDoc(docId: string, factory: string): boolean;
   generateSyncMessage(docId: string, state: TwinSyncState): [TwinSyncState, Uint8Array | null];
@@ -247,8 +255,14 @@ export class TwinSyncSession {
     const shared = new Set(this.#target.factories);
     const scope = this.#scope;
     const docs = this.#target.listDocs()
-      .filter((d) => shared.has(d.factory) && (scope === undefined || scope.has(d.docId)))
-      .map((d) => ({ ...d, heads: headsDigest(this.#target.heads?.(d.docId)) }));
+      .filter((d) =>
+        shared.has(d.factory) && (scope === undefined ? !d.pending : scope.has(d.docId))
+      )
+      .map((d) => ({
+        docId: d.docId,
+        factory: d.factory,
+        heads: headsDigest(this.#target.heads?.(d.docId)),
+      }));
     const factories = [...this.#target.factories];
     return scope === undefined
       ? { type: "hello", factories, docs }
@@ -266,7 +280,8 @@ export class TwinSyncSession {
     const shared = new Set(this.#target.factories.filter((f) => theirs.has(f)));
     const ids = new Set<string>();
     for (const doc of this.#target.listDocs()) {
-      if (shared.has(doc.factory) && inScope(doc.docId)) ids.add(doc.docId);
+      const offered = scope === undefined ? !doc.pending : scope.has(doc.docId);
+      if (shared.has(doc.factory) && offered) ids.add(doc.docId);
     }
     for (const doc of hello.docs) {
       if (

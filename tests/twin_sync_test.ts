@@ -1,4 +1,4 @@
-import { deepStrictEqual, equal, ok, rejects } from "node:assert/strict";
+import { deepStrictEqual, equal, ok, rejects, throws } from "node:assert/strict";
 import { lpStream, streamPair } from "@libp2p/utils";
 import {
   chunkSyncMessage,
@@ -8,6 +8,7 @@ import {
   encodeSyncFrame,
   MAX_SYNC_FRAME_BYTES,
   SYNC_CHUNK_BYTES,
+  TWIN_SYNC_VERSION,
   TwinCodecError,
 } from "../protocols/twin_codec.ts";
 import { runTwinSyncSession, TwinSyncSession } from "../protocols/twin_sync.ts";
@@ -127,43 +128,19 @@ Deno.test("a scoped session syncs only the listed twins, on both sides", async (
   ok(!b.has("arm-1") && !b.has("arm-3"), "twins outside the scope stay out");
 });
 
-Deno.test("a version-1 hello (no heads digests) is still understood", () => {
-  // tag, version 1, one factory "f1", one twin "arm-1" of "f1"
-  const v1 = new Uint8Array([
-    0x01,
-    0x01,
-    1,
-    2,
-    0x66,
-    0x31,
-    1,
-    5,
-    0x61,
-    0x72,
-    0x6d,
-    0x2d,
-    0x31,
-    2,
-    0x66,
-    0x31,
-  ]);
-  deepStrictEqual(decodeSyncFrame(v1), {
-    type: "hello",
+Deno.test("a hello round-trips, and one from an older twin protocol is refused by name", () => {
+  const hello = {
+    type: "hello" as const,
     factories: ["f1"],
-    docs: [{ docId: "arm-1", factory: "f1" }],
-  });
-  const v2 = encodeSyncFrame({
-    type: "hello",
-    factories: ["f1"],
-    docs: [{ docId: "arm-1", factory: "f1", heads: "00ff" }],
-  });
-  deepStrictEqual(decodeSyncFrame(v2), {
-    type: "hello",
-    factories: ["f1"],
-    docs: [{ docId: "arm-1", factory: "f1", heads: "00ff" }],
-  });
+    docs: [{ docId: "arm-1~3", factory: "f1", heads: "00ff" }],
+  };
+  deepStrictEqual(decodeSyncFrame(encodeSyncFrame(hello)), hello);
   const scoped = { type: "hello" as const, factories: ["f1"], docs: [], scoped: true };
   deepStrictEqual(decodeSyncFrame(encodeSyncFrame(scoped)), scoped);
+  // Version 2 (before epochs and tombstones): same layout, older version byte.
+  const older = encodeSyncFrame(hello);
+  older[1] = TWIN_SYNC_VERSION - 1;
+  throws(() => decodeSyncFrame(older), /sync version 2; expected 3/);
 });
 
 Deno.test("a sync session skips twins of factories the peer does not replicate", () => {

@@ -41,7 +41,7 @@ export function makeReplica(
   return new TwinReplica(
     {
       ...(options.replicate ? { replicate: options.replicate } : {}),
-      ...(options.rebaseAfterOps ? { rebaseAfterOps: options.rebaseAfterOps } : {}),
+      ...(options.rebaseAfterOps !== undefined ? { rebaseAfterOps: options.rebaseAfterOps } : {}),
     },
     { clock, gatewayName: name, factory },
   );
