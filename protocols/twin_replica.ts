@@ -35,11 +35,12 @@ export const MAX_TWINS = 10_000;
 export const MAX_PENDING_WRITES_PER_TWIN = 1_000;
 /**
  * An owner starts a new epoch of its twin once the document holds this many
- * operations. Applying a peer's change costs time in proportion to them
- * (see TwinDoc.opCount); `bench history` measured a peer's p99 per change
- * over a simulated day of 5 s summaries at 0.9 ms with this bound, 1.4 ms
- * with 5,000, and 6.4 ms after only 4 hours without epochs. Such a twin
- * passes the bound every ~24 minutes. The new epoch is a fresh
+ * operations of history beyond its live keys. Applying a peer's change costs
+ * time in proportion to the operations (see TwinDoc.opCount); `bench
+ * history` measured a peer's p99 per change over a simulated day of 5 s
+ * summaries at 0.75-0.9 ms with this bound, 1.4 ms with 5,000, and 4.3-6.4 ms
+ * after only 4 hours without epochs. Such a twin passes the bound every ~24
+ * minutes. The new epoch is a fresh
  * document holding the same state in one change; peers switch to it when
  * they see it and carry over anything only they had (TwinDoc.joinFrom).
  */
