@@ -582,9 +582,8 @@ export class TwinDoc {
         continue;
       }
       for (const op of decoded.ops) {
-        if (op.action === "del" && typeof op.key === "string" && op.key.startsWith("s:")) {
-          deleted.add(op.key);
-        }
+        if (op.action !== "del" || typeof op.key !== "string") continue;
+        if (parseKey(op.key)?.kind === "set") deleted.add(op.key);
       }
     }
     return deleted;

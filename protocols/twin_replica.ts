@@ -530,11 +530,14 @@ export class TwinReplica implements TwinSyncTarget {
   ensureDoc(docId: string, factory: string): boolean {
     const id = parseTwinDocId(docId);
     if (!id) return false;
-    const entry = this.#entries.get(id.assetId);
+    let entry = this.#entries.get(id.assetId);
     if (!entry) {
       if (!this.factories.includes(factory) || this.#entries.size >= this.#maxTwins) return false;
-      this.#add(id.assetId, TwinDoc.empty(id.assetId), factory, id.epoch);
-      return true;
+      // A twin first heard of in a later epoch starts empty in epoch 0 with that
+      // epoch pending: an epoch number alone (one nobody can serve) must not
+      // become the twin's current epoch and shut out the real ones.
+      this.#add(id.assetId, TwinDoc.empty(id.assetId), factory, 0);
+      entry = this.#entries.get(id.assetId)!;
     }
     if (id.epoch <= entry.epoch) return id.epoch === entry.epoch;
     if (entry.pending.has(id.epoch)) return true;

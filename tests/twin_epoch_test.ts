@@ -284,6 +284,14 @@ Deno.test("an epoch nobody can serve does not hold a twin back, and is not passe
   ok(owner.epochOf("arm-1") >= 1);
   assertEquals(peer.epochOf("arm-1"), owner.epochOf("arm-1"));
   assertEquals(peer.state("arm-1").fields, owner.state("arm-1").fields);
+
+  // A gateway that first hears of the twin through that epoch number still gets the real one.
+  const newcomer = makeReplica("gw-d", { wall, rebaseAfterOps: 5 });
+  newcomer.ingestGossip({ factory: "f1", docs: [{ docId: "arm-1~7", changes: [second!] }] });
+  assertEquals(newcomer.epochOf("arm-1"), 0, "an epoch number alone is not adopted");
+  syncInMemory(newcomer, owner);
+  assertEquals(newcomer.epochOf("arm-1"), owner.epochOf("arm-1"));
+  assertEquals(newcomer.state("arm-1").fields, owner.state("arm-1").fields);
 });
 
 Deno.test("gossip may not set metadata after a document's first change, nor delete keys", () => {
