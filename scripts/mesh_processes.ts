@@ -181,21 +181,48 @@ export function tail(path: string, lines = 20): string {
 
 /** Ports this process has handed out: never handed out twice (a released port can come back). */
 const handedOut = new Set<number>();
-/** Attempts to find a port not handed out before; the ephemeral range is large. */
-const FREE_PORT_ATTEMPTS = 100;
+/** Attempts to find a port that binds and was not handed out before. */
+const FREE_PORT_ATTEMPTS = 200;
+/** Lowest port handed out (below the kernel's ephemeral range, see {@link freePort}). */
+const LOWEST_PORT = 10_000;
 
-/** A free TCP port on 127.0.0.1 (bind to 0, read, release), unique within this process. */
+/**
+ * A free TCP port on 127.0.0.1, unique within this process, chosen below the
+ * kernel's ephemeral range. A port picked from that range (bind to 0, read,
+ * release) can be taken again before the gateway binds it, by any socket
+ * bound to port 0: an e-stop thread listening on any free port, or the source
+ * port of an outgoing connection. Ports below the range are never handed out
+ * that way.
+ */
 export function freePort(): number {
+  const ephemeralLow = ephemeralRangeLow();
   for (let attempt = 0; attempt < FREE_PORT_ATTEMPTS; attempt++) {
-    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const port = (listener.addr as Deno.NetAddr).port;
-    listener.close();
-    if (!handedOut.has(port)) {
-      handedOut.add(port);
-      return port;
+    const port = ephemeralLow > LOWEST_PORT + 1_000
+      ? LOWEST_PORT + Math.floor(Math.random() * (ephemeralLow - LOWEST_PORT))
+      : 0;
+    let bound: number;
+    try {
+      const listener = Deno.listen({ hostname: "127.0.0.1", port });
+      bound = (listener.addr as Deno.NetAddr).port;
+      listener.close();
+    } catch {
+      continue; // in use
+    }
+    if (!handedOut.has(bound)) {
+      handedOut.add(bound);
+      return bound;
     }
   }
   throw new Error(`no unused free port after ${FREE_PORT_ATTEMPTS} attempts`);
+}
+
+/** First port of Linux's ephemeral range, or 0 where it cannot be read (then any free port). */
+function ephemeralRangeLow(): number {
+  try {
+    return Number(Deno.readTextFileSync("/proc/sys/net/ipv4/ip_local_port_range").split(/\s+/)[0]);
+  } catch {
+    return 0;
+  }
 }
 
 export function delay(ms: number): Promise<void> {
