@@ -109,6 +109,13 @@ export interface EstopComponents extends EstopDirectory {
     | "removeEventListener"
   >;
   db: DatabaseSync;
+  /**
+   * Makes every commit so far durable (an fdatasync of the WAL, off the
+   * thread), for a `db` run at synchronous=NORMAL: acks then wait for it, and
+   * nothing else does. Without it, e-stop commits are synced inline (FULL),
+   * and the thread waits on the disk while other frames queue.
+   */
+  syncDb?: () => Promise<void>;
   clock: HybridLogicalClock;
   /** The gateway's identity key (a libp2p `PrivateKey` fits); signs stops, resets, acks. */
   privateKey: { sign(data: Uint8Array): Uint8Array | Promise<Uint8Array> };
@@ -434,7 +441,7 @@ class DefaultEstopService implements EstopService {
       { supervisors: this.#init.supervisors, timeoutMs: this.#init.watchdogMs },
       this.#nowMs(),
     );
-    this.#storage = createEstopStorage(components.db);
+    this.#storage = createEstopStorage(components.db, { syncDb: components.syncDb });
   }
 
   // ------------------------------------------------------------ lifecycle
@@ -1107,6 +1114,17 @@ class DefaultEstopService implements EstopService {
     assetCount: number,
     arrival: Arrival,
   ): Promise<void> {
+    // An ack says the latch is durable: wait for the disk (a no-op when commits sync inline).
+    try {
+      await this.#storage.durable();
+    } catch (err) {
+      this.#count("persist_failures");
+      this.#c.logger.error("e-stop latch sync failed; not acking", {
+        error: (err as Error).message,
+      });
+      return;
+    }
+    if (!this.#running) return;
     const ackFrame = await this.#seal(prepareAck({
       commandId: frame.id,
       commandType: frame.type,

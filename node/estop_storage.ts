@@ -62,6 +62,11 @@ export interface EstopStorage {
   ): void;
   /** Forgets command records (replay window passed). */
   forget(ids: readonly string[]): void;
+  /**
+   * Resolves once every commit so far is on disk: at once when commits sync
+   * inline, else after the `syncDb` given at creation. Await it before acking.
+   */
+  durable(): Promise<void>;
 }
 
 const SCHEMA = `
@@ -107,7 +112,11 @@ export class EstopStorageError extends Error {
 }
 
 /** Creates the `estop_` tables if needed and returns the storage. */
-export function createEstopStorage(db: DatabaseSync): EstopStorage {
+export function createEstopStorage(
+  db: DatabaseSync,
+  options: { syncDb?: (() => Promise<void>) | undefined } = {},
+): EstopStorage {
+  const syncDb = options.syncDb;
   db.exec(SCHEMA);
   const insertLatch = db.prepare(
     "INSERT OR REPLACE INTO estop_latch (asset_id, stop_id, hlc, origin, reason, since_ms) VALUES (?, ?, ?, ?, ?, ?)",
@@ -133,9 +142,18 @@ export function createEstopStorage(db: DatabaseSync): EstopStorage {
    * NORMAL so that twin persistence does not fsync on the event loop.
    */
   function transaction(work: () => void): void {
+    if (syncDb) return inTransaction(work); // durable once syncDb resolves (durable())
     const previous =
       (db.prepare("PRAGMA synchronous").get() as { synchronous: number }).synchronous;
     db.exec("PRAGMA synchronous = FULL");
+    try {
+      inTransaction(work);
+    } finally {
+      db.exec(`PRAGMA synchronous = ${Number(previous)}`);
+    }
+  }
+
+  function inTransaction(work: () => void): void {
     db.exec("BEGIN IMMEDIATE");
     try {
       work();
@@ -143,8 +161,6 @@ export function createEstopStorage(db: DatabaseSync): EstopStorage {
     } catch (err) {
       db.exec("ROLLBACK");
       throw err;
-    } finally {
-      db.exec(`PRAGMA synchronous = ${Number(previous)}`);
     }
   }
 
@@ -153,6 +169,7 @@ export function createEstopStorage(db: DatabaseSync): EstopStorage {
   }
 
   return {
+    durable: () => syncDb ? syncDb() : Promise.resolve(),
     load(): EstopSnapshot {
       const latch = db.prepare("SELECT * FROM estop_latch ORDER BY since_ms").all().map(readLatch);
       const known = db.prepare("SELECT * FROM estop_known ORDER BY seq").all().map(readKnown);
@@ -323,4 +340,41 @@ export function moveEstopTables(db: DatabaseSync, estopPath: string): number {
     db.exec("DETACH DATABASE moved_estop");
   }
   return moved;
+}
+
+/**
+ * Makes a WAL-mode database's commits durable without blocking the thread:
+ * an fdatasync of its `-wal` file through Deno's async file API (which runs
+ * on a blocking-pool thread). With synchronous=NORMAL SQLite writes each
+ * commit's frames to the WAL but syncs only at checkpoints (and checkpoints
+ * always sync); syncing the WAL after the commit gives what FULL gives. Calls
+ * made while a sync runs share the next one.
+ */
+export function walSync(databasePath: string): () => Promise<void> {
+  let running: Promise<void> | undefined;
+  let next: Promise<void> | undefined;
+  const syncOnce = async (): Promise<void> => {
+    const file = await Deno.open(`${databasePath}-wal`, { read: true });
+    try {
+      await file.syncData();
+    } finally {
+      file.close();
+    }
+  };
+  const start = (): Promise<void> => {
+    const sync = syncOnce().finally(() => {
+      if (running === sync) running = undefined;
+    });
+    running = sync;
+    return sync;
+  };
+  return () => {
+    if (!running) return start();
+    // A sync already running may have begun before this caller's commit.
+    next ??= running.catch(() => {}).then(() => {
+      next = undefined;
+      return start();
+    });
+    return next;
+  };
 }

@@ -30,6 +30,8 @@ import { createLogger } from "./log.ts";
 import { SafetyLine } from "./safety_line.ts";
 import { LoopLagMonitor } from "./loop_lag.ts";
 import { openStore } from "./storage.ts";
+import { walSync } from "./estop_storage.ts";
+import { join } from "node:path";
 
 /** Meta key of the clock's high-water mark in `estop.db` (the main thread keeps its own). */
 export const ESTOP_HLC_META_KEY = "hlc.persistedWallMs";
@@ -58,7 +60,10 @@ async function start(init: EstopWorkerInit) {
   const privateKey = privateKeyFromProtobuf(init.privateKey);
   const self = peerIdFromPrivateKey(privateKey).toString();
   if (self !== init.self.peerId) throw new Error("e-stop thread key does not match the gateway");
-  const store = openStore(init.dataDir, { file: ESTOP_DATABASE_FILE, synchronous: "FULL" });
+  // Commits at NORMAL; acks wait for an off-thread sync of the WAL (walSync), so
+  // a stop arriving while the disk syncs another is not held up by it.
+  const store = openStore(init.dataDir, { file: ESTOP_DATABASE_FILE, synchronous: "NORMAL" });
+  const syncDb = walSync(join(init.dataDir, ESTOP_DATABASE_FILE));
   const clock = new HybridLogicalClock({
     node: self,
     shared: new SharedClockState(init.clock),
@@ -88,6 +93,7 @@ async function start(init: EstopWorkerInit) {
   const service: EstopService = createEstopService(init.service, {
     libp2p: node,
     db: store.db,
+    syncDb,
     clock,
     privateKey,
     logger: log,

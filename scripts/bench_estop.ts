@@ -401,6 +401,13 @@ async function runProcesses(options: Options): Promise<EstopBenchReport> {
     const telemetrySamples = stats.reduce((n, s) => n + s.stats.telemetrySamples, 0);
     // Worst event-loop lag of any gateway over its last ~10 s: how long frames waited in line.
     const loopLagMaxMs = Math.max(...stats.map((s) => s.stats.eventLoopLagMaxMs ?? 0));
+    // The e-stop threads' own loops: whether a slow stop waited inside a thread or outside it.
+    const threadLags = await Promise.all(
+      gateways.map((g) => sumMetrics([g], /^twinmesh_estop_thread_loop_lag_max_ms$/)),
+    );
+    const threadLagMaxMs = Math.max(
+      ...threadLags.map((m) => m.twinmesh_estop_thread_loop_lag_max_ms ?? 0),
+    );
     // Why twin sync sessions ran during the run (they compete with e-stop frames for the loop).
     const syncWanted = Object.fromEntries(
       Object.entries(await sumMetrics(gateways, /^twinmesh_twins_sync_wanted_/)).map((
@@ -438,6 +445,7 @@ async function runProcesses(options: Options): Promise<EstopBenchReport> {
       trigger_errors: triggerErrors,
       telemetry_samples: telemetrySamples,
       loop_lag_max_ms: loopLagMaxMs,
+      estop_thread_lag_max_ms: threadLagMaxMs,
       sync_wanted: syncWanted,
       clock_offset_ms: round3(clockOffsetMs),
       load_before: Number(load),
@@ -469,6 +477,7 @@ async function runProcesses(options: Options): Promise<EstopBenchReport> {
       ["HTTP triggers that failed (not measured)", String(triggerErrors)],
       ["telemetry samples (all arms)", String(telemetrySamples)],
       ["worst event-loop lag (last 10 s)", `${loopLagMaxMs} ms`],
+      ["worst e-stop thread loop lag (last 10 s)", `${threadLagMaxMs} ms`],
       ["twin sync sessions wanted (all)", JSON.stringify(syncWanted)],
       ["load average before / after", `${load} / ${loadAfter}`],
       ["targets", "lost 0, p99 ≤ 5 ms, p50 ≤ 1 ms"],

@@ -14,6 +14,8 @@ import { ESTOP_PROTOCOL } from "../protocols/estop_constants.ts";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { generateKeyPair } from "@libp2p/crypto/keys";
 import { prepareStop, sealFrame } from "../protocols/estop_codec.ts";
+import { DatabaseSync } from "node:sqlite";
+import { createEstopStorage, walSync } from "../node/estop_storage.ts";
 
 const FAST = { pingIntervalMs: 50, linkTimeoutMs: 400, ackDeadlineMs: 1_000 };
 
@@ -434,4 +436,76 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
   },
+});
+
+Deno.test({
+  name: "the owner acts at once but acks only once its latch is synced to disk",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const directory = new TestDirectory();
+    let release: () => void = () => {};
+    let syncs = 0;
+    const gate = () => {
+      syncs++;
+      return new Promise<void>((resolve) => (release = resolve));
+    };
+    const origin = await createTestGateway({ name: "o", directory, init: FAST, start: false });
+    const owner = await createTestGateway({
+      name: "w",
+      directory,
+      init: FAST,
+      start: false,
+      syncDb: gate,
+    });
+    const gateways = [origin, owner];
+    try {
+      await Promise.all(gateways.map((g) => g.service.start()));
+      await connectAll(gateways);
+      await waitForLinks(gateways);
+      const assetId = owner.assets[0]!;
+      const issued = await origin.service.issueStop({
+        target: { kind: "asset", id: assetId },
+        reason: "sync gate",
+      });
+      await waitFor(() => owner.adapter.stops.length === 1, 5_000, "the owner's adapter stop");
+      await waitFor(() => syncs > 0, 5_000, "the owner's sync to start");
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const before = origin.service.status().recent.find((r) => r.id === issued.id);
+      assertEquals(before?.acks.length, 0, "no ack while the latch is not on disk");
+      release();
+      const result = await issued.result;
+      assertEquals(result.acked.map((a) => a.peer), [owner.peerId]);
+    } finally {
+      release();
+      await stopAll(gateways);
+    }
+  },
+});
+
+Deno.test("walSync syncs a database's WAL off the thread and shares one sync among callers", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "twinmesh-walsync-" });
+  const path = `${dir}/estop.db`;
+  const db = new DatabaseSync(path);
+  try {
+    db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; CREATE TABLE t (v TEXT)");
+    const storage = createEstopStorage(db, { syncDb: walSync(path) });
+    storage.commit({
+      known: [{ id: "00".repeat(16), type: "stop", hlc: undefined, status: "ok" }],
+    });
+    const sync = walSync(path);
+    const first = sync();
+    const second = sync(); // the first may have started before this caller's commit
+    const third = sync();
+    assert(second === third, "callers during a running sync share the next one");
+    assert(first !== second);
+    await Promise.all([first, second, third, storage.durable()]);
+    const missing = walSync(`${dir}/nothing.db`);
+    let failed = false;
+    await missing().catch(() => (failed = true));
+    assert(failed, "a missing WAL is an error, never a silent success");
+  } finally {
+    db.close();
+    Deno.removeSync(dir, { recursive: true });
+  }
 });

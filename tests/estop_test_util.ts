@@ -100,6 +100,8 @@ export interface TestGatewayOptions {
   publishGossip?: (frame: Uint8Array) => void;
   /** Start the e-stop service (default true). */
   start?: boolean;
+  /** Passed as the service's `syncDb` (commits then wait for it before acks). */
+  syncDb?: () => Promise<void>;
 }
 
 /** A libp2p node plus e-stop service, with `assetCount` arms named `<name>.arm-<i>`. */
@@ -143,6 +145,7 @@ export async function createTestGateway(options: TestGatewayOptions): Promise<Te
   const service = createEstopService(options.init ?? {}, {
     libp2p,
     db,
+    ...(options.syncDb ? { syncDb: options.syncDb } : {}),
     clock,
     privateKey,
     logger: testLogger,
