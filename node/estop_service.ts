@@ -111,9 +111,11 @@ export interface EstopComponents extends EstopDirectory {
   db: DatabaseSync;
   /**
    * Makes every commit so far durable (an fdatasync of the WAL, off the
-   * thread), for a `db` run at synchronous=NORMAL: acks then wait for it, and
-   * nothing else does. Without it, e-stop commits are synced inline (FULL),
-   * and the thread waits on the disk while other frames queue.
+   * thread). With it, a received stop's latch is committed at NORMAL and its
+   * ack waits for this, so the thread reads other frames meanwhile; every
+   * other e-stop commit still syncs inline (FULL). A rejection means the
+   * latch may not be on disk: nothing is acked after it (the caller should
+   * treat it as fatal).
    */
   syncDb?: () => Promise<void>;
   clock: HybridLogicalClock;
@@ -1018,7 +1020,8 @@ class DefaultEstopService implements EstopService {
     } else {
       this.#count("stops_duplicate");
     }
-    if (!this.#persist({ added: decision.added, known: decision.known ? [decision.known] : [] })) {
+    const change = { added: decision.added, known: decision.known ? [decision.known] : [] };
+    if (!this.#persist(change, { beforeAck: true })) {
       return; // no ack without a durable latch; the origin retries
     }
     const late = Date.now() - frame.hlc.wallMs > this.#init.lateAfterMs;
@@ -1549,14 +1552,17 @@ class DefaultEstopService implements EstopService {
 
   // ------------------------------------------------------------ helpers
 
-  #persist(change: {
-    added?: readonly LatchEntry[];
-    removed?: readonly LatchEntry[];
-    known?: readonly KnownCommand[];
-  }): boolean {
+  #persist(
+    change: {
+      added?: readonly LatchEntry[];
+      removed?: readonly LatchEntry[];
+      known?: readonly KnownCommand[];
+    },
+    options: { beforeAck?: boolean } = {},
+  ): boolean {
     if (!change.added?.length && !change.removed?.length && !change.known?.length) return true;
     try {
-      this.#storage.commit(change);
+      this.#storage.commit(change, options);
       return true;
     } catch (err) {
       // The asset is already stopped (adapter first); only durability failed.

@@ -49,12 +49,20 @@ export interface EstopSnapshot {
 /** The e-stop service's storage. All writes are synchronous and committed on return. */
 export interface EstopStorage {
   load(): EstopSnapshot;
-  /** Adds latch rows and remembers command records, in one transaction. */
-  commit(change: {
-    added?: readonly LatchEntry[];
-    removed?: readonly LatchEntry[];
-    known?: readonly KnownCommand[];
-  }): void;
+  /**
+   * Adds latch rows and remembers command records, in one transaction,
+   * synced to disk before it returns, unless `beforeAck` (and a `syncDb` was
+   * given): then it is synced by {@link EstopStorage.durable}, which the
+   * caller awaits before acking.
+   */
+  commit(
+    change: {
+      added?: readonly LatchEntry[];
+      removed?: readonly LatchEntry[];
+      known?: readonly KnownCommand[];
+    },
+    options?: { beforeAck?: boolean },
+  ): void;
   /** Applies batched outbox inserts and deletes in one transaction. */
   updateOutbox(
     inserts: readonly OutboxRow[],
@@ -63,8 +71,8 @@ export interface EstopStorage {
   /** Forgets command records (replay window passed). */
   forget(ids: readonly string[]): void;
   /**
-   * Resolves once every commit so far is on disk: at once when commits sync
-   * inline, else after the `syncDb` given at creation. Await it before acking.
+   * Resolves once every commit so far is on disk: at once without a
+   * `syncDb`, else after it. Await it before acking.
    */
   durable(): Promise<void>;
 }
@@ -138,14 +146,14 @@ export function createEstopStorage(
   /**
    * E-stop records are committed with synchronous=FULL (fsync before the
    * commit returns), whatever the connection's default: a latch must survive
-   * power loss, not only a crash. The gateway runs the shared connection at
-   * NORMAL so that twin persistence does not fsync on the event loop.
+   * power loss, not only a crash. The one exception is a commit an ack waits
+   * for (`deferred`, with a `syncDb`): it runs at NORMAL and is synced by
+   * `syncDb` off the thread, so the thread goes on reading frames meanwhile.
    */
-  function transaction(work: () => void): void {
-    if (syncDb) return inTransaction(work); // durable once syncDb resolves (durable())
+  function transaction(work: () => void, deferred = false): void {
     const previous =
       (db.prepare("PRAGMA synchronous").get() as { synchronous: number }).synchronous;
-    db.exec("PRAGMA synchronous = FULL");
+    db.exec(`PRAGMA synchronous = ${deferred && syncDb ? "NORMAL" : "FULL"}`);
     try {
       inTransaction(work);
     } finally {
@@ -179,7 +187,7 @@ export function createEstopStorage(
       return { latch, known, outbox };
     },
 
-    commit(change): void {
+    commit(change, options): void {
       transaction(() => {
         for (const entry of change.added ?? []) {
           checkLatch(entry);
@@ -207,7 +215,7 @@ export function createEstopStorage(
             ++seq,
           );
         }
-      });
+      }, options?.beforeAck === true);
     },
 
     updateOutbox(inserts, deletes): void {
@@ -345,20 +353,28 @@ export function moveEstopTables(db: DatabaseSync, estopPath: string): number {
 /**
  * Makes a WAL-mode database's commits durable without blocking the thread:
  * an fdatasync of its `-wal` file through Deno's async file API (which runs
- * on a blocking-pool thread). With synchronous=NORMAL SQLite writes each
- * commit's frames to the WAL but syncs only at checkpoints (and checkpoints
- * always sync); syncing the WAL after the commit gives what FULL gives. Calls
- * made while a sync runs share the next one.
+ * on a blocking-pool thread). At synchronous=NORMAL SQLite has written each
+ * commit's frames to the WAL (the OS's page cache) when COMMIT returns and
+ * syncs only at checkpoints (which always sync); syncing the WAL after the
+ * commit gives what FULL gives. The file stays the same from the first write
+ * until the database closes, so one handle is kept: a write-back error is
+ * reported to it once, and a handle opened later might never see it. The
+ * first failure is final: every later call rejects (the latch's durability
+ * can no longer be known). Calls made while a sync runs share the next one.
  */
 export function walSync(databasePath: string): () => Promise<void> {
+  let file: Promise<Deno.FsFile> | undefined;
+  let failed: Error | undefined;
   let running: Promise<void> | undefined;
   let next: Promise<void> | undefined;
   const syncOnce = async (): Promise<void> => {
-    const file = await Deno.open(`${databasePath}-wal`, { read: true });
+    if (failed) throw failed;
+    file ??= Deno.open(`${databasePath}-wal`, { read: true });
     try {
-      await file.syncData();
-    } finally {
-      file.close();
+      await (await file).syncData();
+    } catch (error) {
+      failed = new Error(`sync of ${databasePath}-wal failed: ${(error as Error).message}`);
+      throw failed;
     }
   };
   const start = (): Promise<void> => {

@@ -60,10 +60,18 @@ async function start(init: EstopWorkerInit) {
   const privateKey = privateKeyFromProtobuf(init.privateKey);
   const self = peerIdFromPrivateKey(privateKey).toString();
   if (self !== init.self.peerId) throw new Error("e-stop thread key does not match the gateway");
-  // Commits at NORMAL; acks wait for an off-thread sync of the WAL (walSync), so
-  // a stop arriving while the disk syncs another is not held up by it.
-  const store = openStore(init.dataDir, { file: ESTOP_DATABASE_FILE, synchronous: "NORMAL" });
-  const syncDb = walSync(join(init.dataDir, ESTOP_DATABASE_FILE));
+  const store = openStore(init.dataDir, { file: ESTOP_DATABASE_FILE, synchronous: "FULL" });
+  // A received stop's latch is committed at NORMAL and acked after an
+  // off-thread sync of the WAL, so a stop arriving meanwhile is not held up.
+  // A failed sync ends the thread: the gateway then stops its assets and exits.
+  const walSynced = walSync(join(init.dataDir, ESTOP_DATABASE_FILE));
+  const syncDb = () =>
+    walSynced().catch((error: Error) => {
+      setTimeout(() => {
+        throw error;
+      });
+      throw error;
+    });
   const clock = new HybridLogicalClock({
     node: self,
     shared: new SharedClockState(init.clock),

@@ -500,12 +500,49 @@ Deno.test("walSync syncs a database's WAL off the thread and shares one sync amo
     assert(second === third, "callers during a running sync share the next one");
     assert(first !== second);
     await Promise.all([first, second, third, storage.durable()]);
-    const missing = walSync(`${dir}/nothing.db`);
-    let failed = false;
-    await missing().catch(() => (failed = true));
-    assert(failed, "a missing WAL is an error, never a silent success");
+    // A failed sync is final: later calls fail too, even once the file is there.
+    const missing = walSync(`${dir}/later.db`);
+    let failures = 0;
+    await missing().catch(() => failures++);
+    Deno.writeTextFileSync(`${dir}/later.db-wal`, "");
+    await missing().catch(() => failures++);
+    assertEquals(failures, 2, "no sync succeeds after one failed");
   } finally {
     db.close();
     Deno.removeSync(dir, { recursive: true });
   }
+});
+
+Deno.test({
+  name: "a latch whose sync fails is never acked, though the owner has acted",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const directory = new TestDirectory();
+    const origin = await createTestGateway({ name: "o", directory, init: FAST, start: false });
+    const owner = await createTestGateway({
+      name: "w",
+      directory,
+      init: FAST,
+      start: false,
+      syncDb: () => Promise.reject(new Error("disk gone")),
+    });
+    const gateways = [origin, owner];
+    try {
+      await Promise.all(gateways.map((g) => g.service.start()));
+      await connectAll(gateways);
+      await waitForLinks(gateways);
+      const assetId = owner.assets[0]!;
+      const result = await origin.service.stop({
+        target: { kind: "asset", id: assetId },
+        reason: "sync fails",
+      });
+      assertEquals(owner.adapter.stops[0]?.assetIds, [assetId], "the owner acted at once");
+      assertEquals(result.acked, [], "no ack without a durable latch");
+      assertEquals(result.missing, [owner.peerId]);
+      assert(owner.service.stats().persist_failures! > 0);
+    } finally {
+      await stopAll(gateways);
+    }
+  },
 });
