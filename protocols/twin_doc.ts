@@ -536,32 +536,16 @@ export class TwinDoc {
     }
     const node = this.#handle.get("_root", `n:${parsed.tag}`);
     if (typeof node !== "string" || writerTag(node) !== parsed.tag) return undefined;
+    if (parsed.kind === "counter") {
+      const slot = this.#counterSlot(key, node);
+      return slot && { raw: slot.raw, total: slot.total };
+    }
     const model = TWIN_MODELS.get(this.meta().kind ?? "");
     const spec = model && Object.hasOwn(model.fields, parsed.field)
       ? model.fields[parsed.field]
       : undefined;
-    let best: Carried | undefined;
-    for (const [type, raw] of this.#handle.getAll("_root", key)) {
-      if (type !== "str") continue;
-      const entry = parseStamped(raw as string, node);
-      if (!entry) continue;
-      let candidate: Carried;
-      if (parsed.kind === "counter") {
-        const total = entry.json;
-        if (typeof total !== "number" || !Number.isSafeInteger(total) || total < 0) continue;
-        candidate = { raw: raw as string, total };
-      } else {
-        if (!spec) continue;
-        try {
-          validateValue(parsed.field, spec, entry.json);
-        } catch {
-          continue;
-        }
-        candidate = { raw: raw as string, hlc: entry.hlc };
-      }
-      if (!best || outranks(candidate, best)) best = candidate;
-    }
-    return best;
+    const slot = spec && this.#lwwSlot(key, node, parsed.field, spec);
+    return slot && { raw: slot.raw, hlc: slot.hlc };
   }
 
   /**
@@ -663,9 +647,14 @@ export class TwinDoc {
       }
       if (entry.slotNode !== node) {
         entry.slotNode = node;
-        entry.slot = parsed.kind === "lww"
-          ? this.#lwwSlot(key, node, parsed.field, spec)
-          : this.#counterSlot(key, node);
+        // Kept without the stored form (`raw`): the memo feeds the resolved view.
+        if (parsed.kind === "lww") {
+          const slot = this.#lwwSlot(key, node, parsed.field, spec);
+          entry.slot = slot && { value: slot.value, hlc: slot.hlc };
+        } else {
+          const slot = this.#counterSlot(key, node);
+          entry.slot = slot && { total: slot.total, hlc: slot.hlc };
+        }
       }
       const slot = entry.slot;
       if (!slot) {
@@ -706,9 +695,18 @@ export class TwinDoc {
     });
   }
 
-  /** The highest-HLC valid value among Automerge's concurrent values of one writer slot. */
-  #lwwSlot(key: string, node: string, field: string, spec: FieldSpec): ResolvedField | undefined {
-    let best: ResolvedField | undefined;
+  /**
+   * The highest-HLC valid value among Automerge's concurrent values of one
+   * writer slot, with its stored form (`raw`). Resolving and carrying into a
+   * new epoch both read slots here, so they agree on what is valid.
+   */
+  #lwwSlot(
+    key: string,
+    node: string,
+    field: string,
+    spec: FieldSpec,
+  ): (ResolvedField & { raw: string }) | undefined {
+    let best: (ResolvedField & { raw: string }) | undefined;
     for (const [type, raw] of this.#handle.getAll("_root", key)) {
       if (type !== "str") continue;
       const entry = parseStamped(raw as string, node);
@@ -719,14 +717,19 @@ export class TwinDoc {
       } catch {
         continue;
       }
-      if (!best || compareTimestamps(entry.hlc, best.hlc) > 0) best = { value, hlc: entry.hlc };
+      if (!best || compareTimestamps(entry.hlc, best.hlc) > 0) {
+        best = { value, hlc: entry.hlc, raw: raw as string };
+      }
     }
     return best;
   }
 
-  /** A writer's counter slot; concurrent totals (a writer that lost its state) merge by max. */
-  #counterSlot(key: string, node: string): CounterSlot | undefined {
-    let best: CounterSlot | undefined;
+  /**
+   * A writer's counter slot, with its stored form; concurrent totals (a
+   * writer that lost its state, or two epochs' copies) merge by max.
+   */
+  #counterSlot(key: string, node: string): (CounterSlot & { raw: string }) | undefined {
+    let best: (CounterSlot & { raw: string }) | undefined;
     for (const [type, raw] of this.#handle.getAll("_root", key)) {
       if (type !== "str") continue;
       const entry = parseStamped(raw as string, node);
@@ -734,7 +737,7 @@ export class TwinDoc {
       if (!entry || typeof total !== "number" || !Number.isSafeInteger(total) || total < 0) {
         continue;
       }
-      if (!best || total > best.total) best = { total, hlc: entry.hlc };
+      if (!best || total > best.total) best = { total, hlc: entry.hlc, raw: raw as string };
     }
     return best;
   }

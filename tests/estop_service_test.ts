@@ -31,6 +31,17 @@ async function mesh(count: number, init = FAST): Promise<TestGateway[]> {
   return gateways;
 }
 
+/** An origin and an owner (2 arms) linked, the owner's latch syncs through `syncDb`. */
+async function originAndOwner(syncDb: () => Promise<void>): Promise<[TestGateway, TestGateway]> {
+  const directory = new TestDirectory();
+  const origin = await createTestGateway({ name: "o", directory, init: FAST, start: false });
+  const owner = await createTestGateway({ name: "w", directory, init: FAST, start: false, syncDb });
+  await Promise.all([origin, owner].map((g) => g.service.start()));
+  await connectAll([origin, owner]);
+  await waitForLinks([origin, owner]);
+  return [origin, owner];
+}
+
 Deno.test({
   name: "a stop among 10 gateways reaches the owner, latches, and 1,000 random stops are all acked",
   sanitizeOps: false,
@@ -443,26 +454,13 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
-    const directory = new TestDirectory();
     let release: () => void = () => {};
     let syncs = 0;
-    const gate = () => {
+    const [origin, owner] = await originAndOwner(() => {
       syncs++;
       return new Promise<void>((resolve) => (release = resolve));
-    };
-    const origin = await createTestGateway({ name: "o", directory, init: FAST, start: false });
-    const owner = await createTestGateway({
-      name: "w",
-      directory,
-      init: FAST,
-      start: false,
-      syncDb: gate,
     });
-    const gateways = [origin, owner];
     try {
-      await Promise.all(gateways.map((g) => g.service.start()));
-      await connectAll(gateways);
-      await waitForLinks(gateways);
       const assetId = owner.assets[0]!;
       const issued = await origin.service.issueStop({
         target: { kind: "asset", id: assetId },
@@ -478,7 +476,7 @@ Deno.test({
       assertEquals(result.acked.map((a) => a.peer), [owner.peerId]);
     } finally {
       release();
-      await stopAll(gateways);
+      await stopAll([origin, owner]);
     }
   },
 });
@@ -518,20 +516,8 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
-    const directory = new TestDirectory();
-    const origin = await createTestGateway({ name: "o", directory, init: FAST, start: false });
-    const owner = await createTestGateway({
-      name: "w",
-      directory,
-      init: FAST,
-      start: false,
-      syncDb: () => Promise.reject(new Error("disk gone")),
-    });
-    const gateways = [origin, owner];
+    const [origin, owner] = await originAndOwner(() => Promise.reject(new Error("disk gone")));
     try {
-      await Promise.all(gateways.map((g) => g.service.start()));
-      await connectAll(gateways);
-      await waitForLinks(gateways);
       const assetId = owner.assets[0]!;
       const result = await origin.service.stop({
         target: { kind: "asset", id: assetId },
@@ -542,7 +528,7 @@ Deno.test({
       assertEquals(result.missing, [owner.peerId]);
       assert(owner.service.stats().persist_failures! > 0);
     } finally {
-      await stopAll(gateways);
+      await stopAll([origin, owner]);
     }
   },
 });
