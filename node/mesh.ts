@@ -125,6 +125,8 @@ export class Mesh {
   #listeners: Array<[string, EventListener]> = [];
   readonly #reidentifying = new Set<string>();
   readonly #dialing = new Set<string>();
+  /** When a failed mDNS dial to a peer was last logged as a warning. */
+  readonly #dialFailedAt = new Map<string, number>();
   readonly #sightings: EventTarget | undefined;
   readonly stats = { dialFailures: 0, reconnects: 0, discoveries: 0, reidentified: 0 };
   events: MeshEvents = {};
@@ -240,9 +242,9 @@ export class Mesh {
   /** A peer seen by mDNS: dial it unless linked (one dial at a time), identify it again if stuck. */
   #found(id: PeerId): void {
     if (id.equals(this.#libp2p.peerId)) return;
-    this.stats.discoveries++;
     const key = id.toString();
     const entry = this.#entry(key);
+    if (entry.via === undefined) this.stats.discoveries++; // first heard of (answers repeat)
     entry.via ??= "mdns";
     const connections = this.#libp2p.getConnections(id);
     if (connections.length > 0) {
@@ -251,9 +253,17 @@ export class Mesh {
     }
     if (this.#dialing.has(key)) return;
     this.#dialing.add(key);
-    this.#libp2p.dial(id, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) }).catch((err) => {
+    this.#libp2p.dial(id, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) }).then(() => {
+      this.#dialFailedAt.delete(key);
+    }, (err) => {
       this.stats.dialFailures++;
-      this.#log.warn("dial after mDNS discovery failed", {
+      // A peer that answers mDNS but cannot be reached is retried on every answer:
+      // say so once a minute, not at every attempt.
+      const last = this.#dialFailedAt.get(key);
+      const now = performance.now();
+      const level = last === undefined || now - last > 60_000 ? "warn" : "debug";
+      if (level === "warn") this.#dialFailedAt.set(key, now);
+      this.#log[level]("dial after mDNS discovery failed", {
         remote: key,
         error: describeDialError(err),
       });
