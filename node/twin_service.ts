@@ -204,7 +204,7 @@ export interface TwinServiceInit {
   connectSyncDelayMs?: number;
   /** See {@link COMPACT_AFTER_CHUNKS}. */
   compactAfterChunks?: number;
-  /** Operations after which an owned twin starts a new epoch (REBASE_AFTER_OPS in twin_replica.ts). */
+  /** History (ops beyond live keys) after which an owned twin starts a new epoch (REBASE_AFTER_OPS in twin_replica.ts). */
   rebaseAfterOps?: number;
 }
 
