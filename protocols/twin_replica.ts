@@ -288,12 +288,9 @@ export class TwinReplica implements TwinSyncTarget {
       entry.pendingWrites = 0;
       entry.doc.commit();
       this.#takeChanges(assetId, entry, out);
-      const bound = this.#rebaseAfterOps * (this.#owns(entry) ? 1 : NON_OWNER_REBASE_FACTOR);
-      // History beyond the live keys: a state with many keys (OR-set tombstones
-      // pile up) must not start an epoch at every write.
-      const history = entry.doc.opCount() - entry.doc.keyCount();
-      const epoch = Math.max(entry.epoch, entry.doc.storedEpoch()) + 1;
-      if (entry.doc.meta().kind !== undefined && history > bound && epoch <= MAX_EPOCH) {
+      if (this.#historyPastBound(entry)) {
+        const epoch = Math.max(entry.epoch, entry.doc.storedEpoch()) + 1;
+        if (epoch > MAX_EPOCH) continue;
         const { clock, gatewayName } = this.#components;
         const doc = TwinDoc.rebase(entry.doc, epoch, clock.now(), gatewayName);
         this.#replace(assetId, entry, doc, epoch);
@@ -303,6 +300,19 @@ export class TwinReplica implements TwinSyncTarget {
     }
     this.#touched.clear();
     return out;
+  }
+
+  /**
+   * History beyond the live keys passed the bound (a state with many keys,
+   * OR-set tombstones piling up, must not start an epoch at every write).
+   * Runs for every twin written in a tick: the op count, cheap, is checked
+   * before the key count, which lists the map.
+   */
+  #historyPastBound(entry: Entry): boolean {
+    if (entry.doc.meta().kind === undefined) return false;
+    const bound = this.#rebaseAfterOps * (this.#owns(entry) ? 1 : NON_OWNER_REBASE_FACTOR);
+    const ops = entry.doc.opCount();
+    return ops > bound && ops - entry.doc.keyCount() > bound;
   }
 
   #takeChanges(assetId: string, entry: Entry, out: FlushedChanges[]): void {
@@ -523,8 +533,8 @@ export class TwinReplica implements TwinSyncTarget {
 
   /**
    * Makes sure the document a wire id names is held: a new twin starts empty
-   * in that epoch, a later epoch of a known twin starts filling beside the
-   * current document. False for an epoch left behind (its writers carry
+   * in epoch 0, and a later epoch (of a new twin too) starts filling beside
+   * the current document. False for an epoch left behind (its writers carry
    * their state over themselves), a factory not replicated, or the limit.
    */
   ensureDoc(docId: string, factory: string): boolean {
