@@ -111,8 +111,11 @@ export const FORWARD_DELAY_MS = 1_000;
 export const CONNECT_SYNC_DELAY_MS = 3_000;
 /** See {@link CONNECT_SYNC_DELAY_MS}. */
 export const CONNECT_SYNC_MAX_WAIT_MS = 8_000;
-/** Compactions per publish tick (each is a full `save()` of one twin). */
-export const MAX_COMPACTIONS_PER_TICK = 2;
+/**
+ * Compactions per publish tick (each is a full `save()` of one twin, 1-3 ms;
+ * storage spreads the twins' due points, see TwinStorage.appendChunks).
+ */
+export const MAX_COMPACTIONS_PER_TICK = 1;
 /** Concurrent inbound sync sessions per connection: a reconnect may overlap the old one. */
 export const MAX_INBOUND_SYNC_STREAMS = 2;
 /** Concurrent outbound sync sessions per connection. */
@@ -417,7 +420,10 @@ class DefaultTwinService implements TwinService {
     assert(!this.#started, "the twin service starts once");
     this.#started = true;
     const { libp2p, logger } = this.#components;
-    this.#storage = new TwinStorage(this.#components.db);
+    this.#storage = new TwinStorage(
+      this.#components.db,
+      this.#components.random ? { random: this.#components.random } : {},
+    );
     for (const [assetId, chunks] of this.#storage.loadAll()) this.#replica.load(assetId, chunks);
     for (const asset of this.#owned.values()) {
       modelFor(asset.kind);
@@ -491,8 +497,7 @@ class DefaultTwinService implements TwinService {
   }
 
   command(id: string, body: unknown): { hlc: string } {
-    const state = this.#knownState(id);
-    const writes = parseCommand(modelFor(state.meta.kind!), body);
+    const writes = parseCommand(modelFor(this.#knownKind(id)), body);
     const hlc = this.#replica.write(id, writes, "any");
     if (this.#owned.has(id)) this.#deliverCommands(this.#replica.state(id));
     this.#requestTick();
@@ -500,7 +505,7 @@ class DefaultTwinService implements TwinService {
   }
 
   history(id: string, limit: number): TwinHistoryEntry[] {
-    this.#knownState(id);
+    this.#knownKind(id);
     return this.#replica.doc(id).history(limit);
   }
 
@@ -572,10 +577,15 @@ class DefaultTwinService implements TwinService {
   }
 
   #knownState(id: string): ResolvedTwin {
-    if (!this.#replica.has(id)) throw new UnknownTwinError(id);
-    const state = this.#replica.state(id);
-    if (state.meta.kind === undefined) throw new UnknownTwinError(id);
-    return state;
+    this.#knownKind(id);
+    return this.#replica.state(id);
+  }
+
+  /** The kind of a twin whose genesis has arrived; throws {@link UnknownTwinError}. */
+  #knownKind(id: string): string {
+    const kind = this.#replica.has(id) ? this.#replica.doc(id).meta().kind : undefined;
+    if (kind === undefined) throw new UnknownTwinError(id);
+    return kind;
   }
 
   // --- publish, persist, deliver ---
@@ -617,8 +627,8 @@ class DefaultTwinService implements TwinService {
 
   async #tick(): Promise<void> {
     const flushed = this.#replica.flush();
-    for (const state of this.#replica.drainRemoteChanged()) {
-      if (this.#owned.has(state.assetId)) this.#deliverCommands(state);
+    for (const assetId of this.#replica.drainRemoteChanged()) {
+      if (this.#owned.has(assetId)) this.#deliverCommands(this.#replica.state(assetId));
     }
     // Publish before the (fsync'ing) SQLite write: peers see the change a disk
     // sync sooner, and durability is unchanged (writes are acknowledged before

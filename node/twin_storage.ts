@@ -34,9 +34,14 @@ export interface TwinChunk {
 export class TwinStorage {
   #db: DatabaseSync;
   #chunkCounts = new Map<string, number>();
+  /** Per twin, the chunk count that makes it due this time (see appendChunks). */
+  #limits = new Map<string, number>();
+  #random: () => number;
 
-  constructor(db: DatabaseSync) {
+  /** `random`: draws each twin's compaction point (default `Math.random`). */
+  constructor(db: DatabaseSync, options: { random?: () => number } = {}) {
     this.#db = db;
+    this.#random = options.random ?? Math.random;
     db.exec(`
       CREATE TABLE IF NOT EXISTS twin_snapshots (
         asset_id TEXT PRIMARY KEY,
@@ -74,8 +79,12 @@ export class TwinStorage {
   }
 
   /**
-   * Appends chunks in one transaction; returns the ids of twins that now have
-   * {@link COMPACT_AFTER_CHUNKS} or more chunks (compact them).
+   * Appends chunks in one transaction; returns the ids of twins that came due
+   * for compaction (compact them). A twin comes due at a point drawn anew
+   * each time between half of `compactAfter` and all of it: twins written at
+   * the same rate (all arms of a line, on every gateway) would otherwise
+   * come due in the same tick, again and again, and their snapshots stall
+   * every gateway at once.
    */
   appendChunks(chunks: readonly TwinChunk[], compactAfter = COMPACT_AFTER_CHUNKS): string[] {
     if (chunks.length === 0) return [];
@@ -86,7 +95,10 @@ export class TwinStorage {
         insert.run(assetId, bytes);
         const count = (this.#chunkCounts.get(assetId) ?? 0) + 1;
         this.#chunkCounts.set(assetId, count);
-        if (count === compactAfter) due.push(assetId);
+        if (count >= this.#limit(assetId, compactAfter)) {
+          due.push(assetId);
+          this.#limits.set(assetId, Infinity); // reported once, until compacted
+        }
       }
     });
     return due;
@@ -102,6 +114,16 @@ export class TwinStorage {
       this.#db.prepare("DELETE FROM twin_chunks WHERE asset_id = ?").run(assetId);
     });
     this.#chunkCounts.set(assetId, 0);
+    this.#limits.delete(assetId);
+  }
+
+  #limit(assetId: string, compactAfter: number): number {
+    let limit = this.#limits.get(assetId);
+    if (limit === undefined) {
+      limit = Math.max(1, Math.ceil(compactAfter * (1 - this.#random() / 2)));
+      this.#limits.set(assetId, limit);
+    }
+    return limit;
   }
 
   /** Chunks stored for a twin since its last snapshot. */

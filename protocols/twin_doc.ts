@@ -124,6 +124,12 @@ export interface ApplyResult {
   evicted: number;
   malformed: number;
   invalid: number;
+  /**
+   * The highest HLC the applied changes were committed with (their commit
+   * message; absent when none carries a valid one): what the receiver's
+   * clock must move past, without resolving the twin.
+   */
+  newestHlc?: Timestamp;
 }
 
 const META_KEYS = {
@@ -138,6 +144,15 @@ interface CommitMessage {
   o: string;
 }
 
+/** A gossip change waiting for its dependencies, with what applying it needs. */
+interface ParkedChange {
+  change: Uint8Array;
+  deps: string[];
+  keys: string[];
+  /** Its commit message's HLC, if valid. */
+  hlc: Timestamp | undefined;
+}
+
 /** See the module documentation. */
 export class TwinDoc {
   readonly assetId: string;
@@ -145,7 +160,7 @@ export class TwinDoc {
   #handle: Handle;
   #pendingHlc: Timestamp | undefined;
   #pendingOrigin = "";
-  #parked = new Map<string, { change: Uint8Array; deps: string[]; keys: string[] }>();
+  #parked = new Map<string, ParkedChange>();
   #unpublished: Uint8Array[] = [];
   /** resolve() of the current state; dropped by every change (reads poll far more often than writes land). */
   #resolved: ResolvedTwin | undefined;
@@ -158,6 +173,15 @@ export class TwinDoc {
   #memo = new Map<string, KeyMemo>();
   /** Model kind the memo was built for (slot results depend on the model). */
   #memoKind: string | undefined;
+  /**
+   * The root map's keys, kept up to date by local puts and applied gossip
+   * (which only sets keys, see changeOpsAreValid) so that resolving after a
+   * change does not list the map (Automerge walks its history to do so);
+   * undefined until first needed and after a sync message, which may do anything.
+   */
+  #keys: Set<string> | undefined;
+  /** Writers whose `n:` key is known to name them (checked once, not at every write). */
+  #nodesNamed = new Set<string>();
 
   private constructor(assetId: string, doc: Automerge.Doc<unknown>) {
     this.assetId = assetId;
@@ -234,13 +258,23 @@ export class TwinDoc {
   #forget(key: string): void {
     this.#memo.delete(key);
     if (META_KEY_SET.has(key)) this.#meta = undefined;
+    if (key.startsWith("n:")) this.#nodesNamed.clear();
+  }
+
+  /** See {@link TwinDoc.#keys}. */
+  #liveKeys(): ReadonlySet<string> {
+    this.#keys ??= new Set(this.#handle.keys("_root"));
+    return this.#keys;
   }
 
   /** Applies validated writes to the open batch, all stamped `hlc` (by node `hlc.node`). */
   write(writes: readonly TwinWrite[], hlc: Timestamp, origin = ""): void {
     this.#changed();
     const tag = writerTag(hlc.node);
-    if (this.#handle.get("_root", `n:${tag}`) !== hlc.node) this.#put(`n:${tag}`, hlc.node);
+    if (!this.#nodesNamed.has(hlc.node)) {
+      if (this.#handle.get("_root", `n:${tag}`) !== hlc.node) this.#put(`n:${tag}`, hlc.node);
+      this.#nodesNamed.add(hlc.node);
+    }
     const stamp = shortStamp(hlc);
     for (const write of writes) {
       assert(isFieldName(write.field), "validated writes name a valid field");
@@ -270,6 +304,7 @@ export class TwinDoc {
   #put(key: string, value: string | number): void {
     this.#handle.put("_root", key, value);
     this.#forget(key);
+    this.#keys?.add(key);
   }
 
   #notePending(hlc: Timestamp, origin: string): void {
@@ -291,7 +326,7 @@ export class TwinDoc {
   /** Tags of an or-set element currently present (one per add without a tombstone). */
   setTags(field: string, element: string): string[] {
     const prefix = `s:${field}=${element}@`;
-    const keys = this.#handle.keys("_root");
+    const keys = [...this.#liveKeys()];
     const removed = new Set(keys.filter((k) => k.startsWith(`r:${field}=${element}@`)));
     return keys.filter((k) => k.startsWith(prefix) && !removed.has(`r:${k.slice(2)}`)).map((k) =>
       k.slice(prefix.length)
@@ -359,32 +394,47 @@ export class TwinDoc {
         result.evicted++;
       }
       const keys = decoded.ops.map((op) => op.key as string); // strings: changeOpsAreValid
-      this.#parked.set(decoded.hash, { change, deps: decoded.deps, keys });
+      const hlc = parseHlc(parseCommitMessage(decoded.message)?.h ?? "");
+      this.#parked.set(decoded.hash, { change, deps: decoded.deps, keys, hlc });
       result.parked++;
     }
-    result.applied = this.#applyReadyParked();
+    const applied = this.#applyReadyParked();
+    result.applied = applied.count;
+    if (applied.newestHlc) result.newestHlc = applied.newestHlc;
     result.parked = Math.max(0, result.parked - result.applied);
     return result;
   }
 
   /** Applies every parked change whose dependencies are all present; bounded by the park size. */
-  #applyReadyParked(): number {
-    let applied = 0;
+  #applyReadyParked(): { count: number; newestHlc?: Timestamp } {
+    let count = 0;
+    let newestHlc: Timestamp | undefined;
     for (let pass = 0; pass <= MAX_PARKED_CHANGES_PER_DOC && this.#parked.size > 0; pass++) {
       const ready: Uint8Array[] = [];
+      const keys: string[] = [];
       for (const [hash, parked] of this.#parked) {
         if (parked.deps.every((dep) => this.#has(dep))) {
           ready.push(parked.change);
-          for (const key of parked.keys) this.#forget(key);
+          keys.push(...parked.keys);
+          if (parked.hlc && (!newestHlc || compareTimestamps(parked.hlc, newestHlc) > 0)) {
+            newestHlc = parked.hlc;
+          }
           this.#parked.delete(hash);
         }
       }
       if (ready.length === 0) break;
       this.#changed();
-      this.#handle.applyChanges(ready);
-      applied += ready.length;
+      for (const key of keys) this.#forget(key);
+      try {
+        this.#handle.applyChanges(ready);
+      } catch (error) {
+        this.#keys = undefined; // whatever Automerge kept, the map is listed afresh
+        throw error;
+      }
+      for (const key of keys) this.#keys?.add(key);
+      count += ready.length;
     }
-    return applied;
+    return newestHlc ? { count, newestHlc } : { count };
   }
 
   #has(hash: string): boolean {
@@ -415,6 +465,12 @@ export class TwinDoc {
     }
     let next: [Automerge.Doc<unknown>, TwinSyncState, null];
     try {
+      // The JS-level call brings its materialized document (never read here:
+      // the twin is read through the handle) up to date with every change
+      // since its last call, gossip and local writes included, which cost
+      // more than the sync itself. Moving the diff cursor first limits that
+      // to what this message brings.
+      this.#handle.updateDiffCursor();
       next = Automerge.receiveSyncMessage(this.#doc, state, message);
     } catch (cause) {
       throw new TwinSyncMessageError(this.assetId, "was refused by Automerge", { cause });
@@ -422,6 +478,8 @@ export class TwinDoc {
     this.#changed();
     this.#memo.clear(); // a sync message may touch any key
     this.#meta = undefined;
+    this.#keys = undefined;
+    this.#nodesNamed.clear();
     this.#doc = next[0];
     this.#handle = Automerge.getBackend(this.#doc);
     this.#applyReadyParked();
@@ -457,7 +515,7 @@ export class TwinDoc {
 
   /** Keys of the root map: the state's size (what a new epoch's genesis holds, about). */
   keyCount(): number {
-    return this.#handle.keys("_root").length;
+    return this.#liveKeys().size;
   }
 
   /** The epoch this document's genesis names (0 when absent). */
@@ -478,7 +536,7 @@ export class TwinDoc {
     assert(Number.isSafeInteger(epoch) && epoch > from.storedEpoch(), "epochs only grow");
     from.commit();
     const doc = new TwinDoc(from.assetId, Automerge.init());
-    for (const key of from.#handle.keys("_root")) {
+    for (const key of from.#liveKeys()) {
       if (key === EPOCH_KEY) continue;
       const value = from.#carried(key);
       if (value !== undefined) doc.#put(key, value.raw);
@@ -505,7 +563,7 @@ export class TwinDoc {
       if (written++ === 0) this.#changed();
       this.#put(key, raw);
     };
-    for (const key of older.#handle.keys("_root")) {
+    for (const key of older.#liveKeys()) {
       if (META_KEY_SET.has(key)) continue; // this epoch's genesis holds the metadata
       const theirs = older.#carried(key);
       if (theirs === undefined) continue;
@@ -591,7 +649,7 @@ export class TwinDoc {
     }
     // Rebuilt from the current keys, so entries of deleted keys drop out.
     const memo = new Map<string, KeyMemo>();
-    for (const key of this.#handle.keys("_root")) {
+    for (const key of this.#liveKeys()) {
       memo.set(key, this.#memo.get(key) ?? { parsed: parseKey(key) });
     }
     this.#memo = memo;

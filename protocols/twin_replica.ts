@@ -19,7 +19,12 @@
  * ```
  */
 import { assert } from "./assert.ts";
-import { ClockOffsetError, type HybridLogicalClock, type Timestamp } from "./hlc.ts";
+import {
+  ClockOffsetError,
+  compareTimestamps,
+  type HybridLogicalClock,
+  type Timestamp,
+} from "./hlc.ts";
 import { type GossipBatch, isTwinId, parseTwinDocId, twinDocId } from "./twin_codec.ts";
 import { type ResolvedTwin, TwinDoc, type TwinSyncState } from "./twin_doc.ts";
 import type { TwinSyncTarget } from "./twin_sync.ts";
@@ -176,6 +181,14 @@ export class TwinReplica implements TwinSyncTarget {
   /** Twins whose document was replaced by a new epoch since the last drain: storage restarts them. */
   #replaced = new Set<string>();
   #remoteChanged = new Set<string>();
+  /**
+   * Per writer node, the newest HLC of its changes since the last drain (see
+   * #noteRemote); per node, so one peer's stamp beyond the clock's max offset
+   * (refused) does not hide the others'.
+   */
+  #remoteNewest = new Map<string, Timestamp>();
+  /** Twins changed by sync since the last drain: their newest field is observed instead. */
+  #resolveForClock = new Set<string>();
   #dirty = new Set<string>();
   /** Twins with local writes or a genesis not yet flushed (flush visits only these). */
   #touched = new Set<string>();
@@ -355,7 +368,7 @@ export class TwinReplica implements TwinSyncTarget {
     this.stats.epochs_adopted++;
     this.stats.epoch_keys_carried += carried;
     if (carried > 0) this.#touched.add(assetId);
-    this.#noteRemote(assetId);
+    this.#noteRemote(assetId, "resolve");
   }
 
   /** Twins whose document was replaced by a new epoch since the last call: store them afresh. */
@@ -403,7 +416,7 @@ export class TwinReplica implements TwinSyncTarget {
         // A later epoch created for nothing usable (malformed, duplicate) is not kept.
         if (!held && result.applied === 0 && doc.parkedChanges === 0) entry.pending.delete(epoch);
         else this.#adopt(assetId, entry, epoch);
-      } else if (result.applied > 0) this.#noteRemote(assetId);
+      } else if (result.applied > 0) this.#noteRemote(assetId, result.newestHlc ?? "resolve");
     }
     return gap;
   }
@@ -454,30 +467,45 @@ export class TwinReplica implements TwinSyncTarget {
     return parked;
   }
 
-  #noteRemote(assetId: string): void {
+  /**
+   * `newest`: the highest HLC the peer's changes were committed with, or
+   * "resolve" when unknown (a sync message): the twin's newest field stands in.
+   */
+  #noteRemote(assetId: string, newest: Timestamp | "resolve"): void {
     this.#remoteChanged.add(assetId);
     this.#dirty.add(assetId);
+    if (newest === "resolve") this.#resolveForClock.add(assetId);
+    else this.#noteRemoteHlc(newest);
+  }
+
+  #noteRemoteHlc(hlc: Timestamp): void {
+    const seen = this.#remoteNewest.get(hlc.node);
+    if (!seen || compareTimestamps(hlc, seen) > 0) this.#remoteNewest.set(hlc.node, hlc);
   }
 
   /**
-   * Twins changed by peers since the last call, with their merged state.
-   * Advances the HLC past the newest remote stamp seen, so a local write
-   * made after seeing a value outranks it.
+   * Ids of the twins changed by peers since the last call. Advances the HLC
+   * past the newest remote stamp seen, so a local write made after seeing a
+   * value outranks it. Twins are not resolved here: most are only read when
+   * someone asks.
    */
-  drainRemoteChanged(): ResolvedTwin[] {
-    const out: ResolvedTwin[] = [];
-    for (const assetId of this.#remoteChanged) {
-      const state = this.#entry(assetId).doc.resolve();
-      const entry = this.#entry(assetId);
-      if (state.meta.factory && state.meta.factory !== entry.factory) {
-        entry.factory = state.meta.factory;
-      }
-      if (state.lastHlc && state.lastHlc.node !== this.#components.clock.node) {
-        this.#observeRemoteHlc(state.lastHlc);
-      }
-      out.push(state);
-    }
+  drainRemoteChanged(): string[] {
+    const out = [...this.#remoteChanged];
     this.#remoteChanged.clear();
+    for (const assetId of this.#resolveForClock) {
+      const hlc = this.#entries.get(assetId)?.doc.resolve().lastHlc;
+      if (hlc) this.#noteRemoteHlc(hlc);
+    }
+    this.#resolveForClock.clear();
+    for (const assetId of out) {
+      const entry = this.#entry(assetId);
+      const factory = entry.doc.meta().factory;
+      if (factory && factory !== entry.factory) entry.factory = factory;
+    }
+    for (const [node, hlc] of this.#remoteNewest) {
+      if (node !== this.#components.clock.node) this.#observeRemoteHlc(hlc);
+    }
+    this.#remoteNewest.clear();
     return out;
   }
 
@@ -585,7 +613,7 @@ export class TwinReplica implements TwinSyncTarget {
     }
     const after = doc.heads();
     if (before.length !== after.length || before.some((h, i) => h !== after[i])) {
-      this.#noteRemote(assetId);
+      this.#noteRemote(assetId, "resolve");
     }
     return next;
   }

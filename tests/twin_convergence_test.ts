@@ -353,6 +353,37 @@ Deno.test("lww: among concurrent values the highest HLC wins, not Automerge's ac
   assertEquals(b.state("arm-1").fields["setpoints.weldCurrentA"]?.value, winner);
 });
 
+Deno.test("after gossip from a peer whose clock runs ahead, a local write outranks what it saw", () => {
+  const wall = new FakeWallClock();
+  const a = makeReplica("gw-a", { wall });
+  const ahead = makeReplica("gw-b", { wall, skewMs: 300 }); // within the max offset
+  const far = makeReplica("gw-c", { wall, skewMs: 5_000 }); // beyond it: refused
+  a.create("arm-1", "welding-arm");
+  syncInMemory(a, ahead);
+  syncInMemory(a, far);
+  const seen = ahead.write(
+    "arm-1",
+    [{ op: "set", field: "setpoints.weldCurrentA", value: 150 }],
+    "any",
+  );
+  far.write("arm-1", [{ op: "set", field: "setpoints.weldVoltageV", value: 20 }], "any");
+  for (const peer of [ahead, far]) {
+    for (const { docId, changes } of peer.flush()) {
+      a.ingestGossip({ factory: "f1", docs: [{ docId, changes }] });
+    }
+  }
+  assertEquals(a.drainRemoteChanged(), ["arm-1"]);
+  assertEquals(a.stats.hlc_remote_rejected, 1); // gw-c's stamp is not adopted…
+  // …and does not hide gw-b's, which the clock moved past.
+  const mine = a.write(
+    "arm-1",
+    [{ op: "set", field: "setpoints.weldCurrentA", value: 160 }],
+    "any",
+  );
+  assertEquals(compareTimestamps(mine, seen) > 0, true);
+  assertEquals(a.state("arm-1").fields["setpoints.weldCurrentA"]?.value, 160);
+});
+
 Deno.test("g-counter: increments from every gateway are summed once, even when re-delivered", () => {
   const a = makeReplica("gw-a");
   const b = makeReplica("gw-b");

@@ -277,7 +277,7 @@ Deno.test({
         for (const id of ids) a.service.writeMeasured(id, { counters: { runtimeMs: 10 } });
         await flush();
       }
-      for (let tick = 0; tick < 6; tick++) await flush();
+      for (let tick = 0; tick < ids.length; tick++) await flush();
       equal(a.service.stats().compactions, ids.length);
     } finally {
       await a.stop();

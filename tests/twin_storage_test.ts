@@ -101,3 +101,41 @@ Deno.test("the HLC high-water mark survives a reopen", async () => {
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("twins appended in lockstep come due for compaction at spread-out points, each within its limit", () => {
+  const storage = new TwinStorage(new DatabaseSync(":memory:"));
+  const ids = Array.from({ length: 40 }, (_, i) => `arm-${i}`);
+  const compactAfter = 100;
+  const dueAt = new Map<string, number[]>();
+  for (let round = 1; round <= 400; round++) {
+    const chunks = ids.map((assetId) => ({ assetId, bytes: new Uint8Array([round % 256]) }));
+    for (const assetId of storage.appendChunks(chunks, compactAfter)) {
+      dueAt.set(assetId, [...(dueAt.get(assetId) ?? []), storage.chunkCount(assetId)]);
+      storage.compact(assetId, new Uint8Array([0]));
+    }
+  }
+  const counts = [...dueAt.values()].flat();
+  ok(counts.every((n) => n >= compactAfter / 2 && n <= compactAfter), `due at ${counts}`);
+  ok(
+    ids.every((id) => (dueAt.get(id)?.length ?? 0) >= 4),
+    "every twin is compacted again and again",
+  );
+  // Lockstep twins with one fixed limit would all be due at the same count.
+  ok(new Set(counts).size > 10, `due points spread: ${[...new Set(counts)].sort()}`);
+});
+
+Deno.test("a twin loaded with more chunks than its limit comes due at the next append", () => {
+  const db = new DatabaseSync(":memory:");
+  let storage = new TwinStorage(db);
+  storage.appendChunks(
+    Array.from({ length: 30 }, () => ({ assetId: "arm-1", bytes: new Uint8Array([1]) })),
+    1_000,
+  );
+  storage = new TwinStorage(db, { random: () => 1 }); // limit: half of 40
+  storage.loadAll();
+  deepStrictEqual(storage.appendChunks([{ assetId: "arm-1", bytes: new Uint8Array([2]) }], 40), [
+    "arm-1",
+  ]);
+  // Reported once until compacted.
+  deepStrictEqual(storage.appendChunks([{ assetId: "arm-1", bytes: new Uint8Array([3]) }], 40), []);
+});
