@@ -61,33 +61,42 @@ export class MeasuredAccumulator {
   /** The updates since the last drain, one per asset that produced samples. */
   drain(): Map<string, MeasuredUpdate> {
     const out = new Map<string, MeasuredUpdate>();
-    for (const [assetId, window] of this.#windows) {
-      if (window.startedAtMs === undefined || window.joints === undefined) continue;
-      const previous = window.reportedRuntimeS ?? 0;
-      const runtimeS = window.runtimeS ?? previous;
-      const runtimeMs = Math.max(0, Math.round((runtimeS - previous) * 1000));
-      const weldCount = Math.floor(runtimeS / SEAM_S) - Math.floor(previous / SEAM_S);
-      const channels: Record<string, { min: number; mean: number; max: number; count: number }> =
-        {};
-      for (const [name, r] of window.channels) {
-        channels[name] = { min: r.min, mean: r.sum / r.count, max: r.max, count: r.count };
-      }
-      out.set(assetId, {
-        joints: window.joints,
-        counters: { runtimeMs, ...(weldCount > 0 ? { weldCount } : {}) },
-        // The model accepts windows of 100 ms to 60 s; a sparse window still covers the interval.
-        summary: {
-          windowMs: Math.min(
-            60_000,
-            Math.max(100, Math.round(window.lastAtMs - window.startedAtMs)),
-          ),
-          channels,
-        },
-      });
-      window.reportedRuntimeS = runtimeS;
-      window.startedAtMs = undefined;
-      window.channels.clear();
+    for (const assetId of this.#windows.keys()) {
+      const update = this.drainAsset(assetId);
+      if (update) out.set(assetId, update);
     }
     return out;
+  }
+
+  /** One asset's update since its last drain; undefined when it produced no samples. */
+  drainAsset(assetId: string): MeasuredUpdate | undefined {
+    const window = this.#windows.get(assetId);
+    if (!window || window.startedAtMs === undefined || window.joints === undefined) {
+      return undefined;
+    }
+    const previous = window.reportedRuntimeS ?? 0;
+    const runtimeS = window.runtimeS ?? previous;
+    const runtimeMs = Math.max(0, Math.round((runtimeS - previous) * 1000));
+    const weldCount = Math.floor(runtimeS / SEAM_S) - Math.floor(previous / SEAM_S);
+    const channels: Record<string, { min: number; mean: number; max: number; count: number }> = {};
+    for (const [name, r] of window.channels) {
+      channels[name] = { min: r.min, mean: r.sum / r.count, max: r.max, count: r.count };
+    }
+    const update: MeasuredUpdate = {
+      joints: window.joints,
+      counters: { runtimeMs, ...(weldCount > 0 ? { weldCount } : {}) },
+      // The model accepts windows of 100 ms to 60 s; a sparse window still covers the interval.
+      summary: {
+        windowMs: Math.min(
+          60_000,
+          Math.max(100, Math.round(window.lastAtMs - window.startedAtMs)),
+        ),
+        channels,
+      },
+    };
+    window.reportedRuntimeS = runtimeS;
+    window.startedAtMs = undefined;
+    window.channels.clear();
+    return update;
   }
 }

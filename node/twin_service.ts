@@ -1016,6 +1016,7 @@ class DefaultTwinService implements TwinService {
       },
       generateSyncMessage: (docId, state) => replica.generateSyncMessage(docId, state),
       heads: (docId) => replica.heads(docId),
+      hasHeads: (docId, heads) => replica.hasHeads(docId, heads),
       receiveSyncMessage: (docId, state, message) => {
         const before = replica.heads(docId);
         const next = replica.receiveSyncMessage(docId, state, message);

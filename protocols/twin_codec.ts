@@ -1,6 +1,6 @@
 /**
  * Wire formats of the twin protocols: gossip batches (one pubsub message per
- * factory and publish interval) and the frames of a `/twinmesh/twin-sync/3.0.0`
+ * factory and publish interval) and the frames of a `/twinmesh/twin-sync/4.0.0`
  * session. Hand-rolled binary (tag byte, LEB128 lengths, UTF-8 strings) so
  * that every length is checked against a named limit before anything is
  * allocated. Decoders throw {@link TwinCodecError}; callers drop and count.
@@ -12,6 +12,7 @@
  * console.assert(decodeGossip(bytes).docs[0]?.docId === "arm-1");
  * ```
  */
+import { assert } from "./assert.ts";
 
 /**
  * Gossip message format version (also in the topic name). 2: documents are
@@ -20,12 +21,15 @@
  */
 export const TWIN_GOSSIP_VERSION = 2;
 /**
- * Sync session format version (also in the protocol id). 3: as gossip 2;
- * 2 added a flags byte (scoped sessions) and the heads digest per twin.
+ * Sync session format version (also in the protocol id). 4: a hello lists
+ * each twin's heads in full (was a digest); 3: as gossip 2; 2 added a flags
+ * byte (scoped sessions) and the heads digest per twin.
  */
-export const TWIN_SYNC_VERSION = 3;
-/** Longest heads digest in a hello (see `headsDigest` in twin_sync.ts). */
-export const MAX_HEADS_DIGEST_CHARS = 64;
+export const TWIN_SYNC_VERSION = 4;
+/** Heads a hello lists per twin; a twin with more is announced without them (always synced). */
+export const MAX_HELLO_HEADS = 4;
+/** Bytes of an Automerge change hash (a head). */
+const HEAD_BYTES = 32;
 /** The libp2p protocol id of a sync session. */
 export const TWIN_SYNC_PROTOCOL = `/twinmesh/twin-sync/${TWIN_SYNC_VERSION}.0.0`;
 
@@ -116,8 +120,11 @@ export interface GossipBatch {
 export interface HelloDoc {
   readonly docId: string;
   readonly factory: string;
-  /** Short form of the twin's heads; "" when unknown (always synced). */
-  readonly heads?: string;
+  /**
+   * The twin's heads (hex change hashes), at most {@link MAX_HELLO_HEADS};
+   * absent when unknown or too many (the twin is then always synced).
+   */
+  readonly heads?: readonly string[];
 }
 
 /** Frames of a sync session. */
@@ -198,7 +205,11 @@ export function encodeSyncFrame(frame: SyncFrame): Uint8Array {
       for (const factory of frame.factories) out.string(factory);
       out.uint(frame.docs.length);
       for (const doc of frame.docs) {
-        out.string(doc.docId).string(doc.factory).string(doc.heads ?? "");
+        out.string(doc.docId).string(doc.factory);
+        const heads = doc.heads ?? [];
+        assert(heads.length <= MAX_HELLO_HEADS, "a hello lists a few heads per twin");
+        out.uint(heads.length);
+        for (const head of heads) out.bytes(hexToBytes(head));
       }
       break;
     case "sync":
@@ -236,7 +247,8 @@ export function decodeSyncFrame(bytes: Uint8Array): SyncFrame {
     for (let i = 0; i < docCount; i++) {
       const docId = input.docId("twin document id");
       const factory = input.id("factory");
-      docs.push({ docId, factory, heads: input.digest() });
+      const heads = input.heads();
+      docs.push(heads.length > 0 ? { docId, factory, heads } : { docId, factory });
     }
     frame = flags & HELLO_SCOPED
       ? { type: "hello", factories, docs, scoped: true }
@@ -364,11 +376,16 @@ class ByteReader {
     return out;
   }
 
-  /** A heads digest: short lowercase hex, possibly empty. */
-  digest(): string {
-    const text = String.fromCharCode(...this.bytes(MAX_HEADS_DIGEST_CHARS));
-    if (!/^[0-9a-f]*$/.test(text)) throw new TwinCodecError("heads digest is not hex");
-    return text;
+  /** A twin's heads in a hello: a count, then that many change hashes. */
+  heads(): string[] {
+    const heads: string[] = [];
+    const count = this.count("heads", MAX_HELLO_HEADS);
+    for (let i = 0; i < count; i++) {
+      const hash = this.bytes(HEAD_BYTES);
+      if (hash.length !== HEAD_BYTES) throw new TwinCodecError(`a head of ${hash.length} B`);
+      heads.push(bytesToHex(hash));
+    }
+    return heads;
   }
 
   /** A twin document id ({@link twinDocId}). */
@@ -404,4 +421,17 @@ class ByteReader {
       throw new TwinCodecError(`${this.#bytes.length - this.#offset} trailing bytes`);
     }
   }
+}
+
+function hexToBytes(hex: string): Uint8Array {
+  assert(/^([0-9a-f]{2})+$/.test(hex), "change hashes are lowercase hex");
+  const out = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
+  return out;
+}
+
+function bytesToHex(bytes: Uint8Array): string {
+  let hex = "";
+  for (const byte of bytes) hex += byte.toString(16).padStart(2, "0");
+  return hex;
 }

@@ -437,6 +437,11 @@ export class TwinDoc {
     return newestHlc ? { count, newestHlc } : { count };
   }
 
+  /** True when every named change is in the document (parked ones are not). */
+  hasChanges(hashes: readonly string[]): boolean {
+    return hashes.every((hash) => this.#has(hash));
+  }
+
   #has(hash: string): boolean {
     return this.#handle.getChangeMetaByHash(hash) !== null;
   }

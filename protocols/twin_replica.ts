@@ -600,6 +600,10 @@ export class TwinReplica implements TwinSyncTarget {
     return this.#find(docId)?.doc.heads().join(",") ?? "";
   }
 
+  hasHeads(docId: string, heads: readonly string[]): boolean {
+    return this.#find(docId)?.doc.hasChanges(heads) ?? false;
+  }
+
   receiveSyncMessage(docId: string, state: TwinSyncState, message: Uint8Array): TwinSyncState {
     const found = this.#find(docId);
     if (!found) return state; // an epoch left behind during the session

@@ -1,6 +1,6 @@
 /**
  * Twin sync sessions: Automerge's sync protocol for every twin two peers both
- * replicate, run over one stream of the `/twinmesh/twin-sync/3.0.0` protocol
+ * replicate, run over one stream of the `/twinmesh/twin-sync/4.0.0` protocol
  * on every (re)connection. It fetches whatever gossip missed, so a partition
  * of any length heals without manual work.
  *
@@ -34,6 +34,7 @@ import {
   chunkSyncMessage,
   decodeSyncFrame,
   encodeSyncFrame,
+  MAX_HELLO_HEADS,
   MAX_SYNC_FRAME_BYTES,
   MAX_SYNC_MESSAGE_BYTES,
   type SyncFrame,
@@ -97,10 +98,13 @@ export interface TwinSyncTarget {
   /** Applies a peer's sync message; throws when it is invalid. */
   receiveSyncMessage(docId: string, state: TwinSyncState, message: Uint8Array): TwinSyncState;
   /**
-   * The twin's current heads, joined: lets a round skip twins that neither
-   * changed nor heard from the peer (Automerge would have nothing to say).
+   * The twin's current heads, joined by ",": lets a round skip twins that
+   * neither changed nor heard from the peer (Automerge would have nothing to
+   * say), and goes into the hello.
    */
   heads?(docId: string): string;
+  /** True when the twin holds every change named (and so all they depend on). */
+  hasHeads(docId: string, heads: readonly string[]): boolean;
 }
 
 /** The peer broke the session protocol; the session is abandoned. */
@@ -114,7 +118,10 @@ export interface TwinSyncSessionStats {
   messagesSent: number;
   messagesReceived: number;
   framesIgnored: number;
-  /** Twins skipped because both hellos showed the same heads. */
+  /**
+   * Twins this side never opened a dialogue about: it already held everything
+   * the peer had when it sent its hello (see TwinSyncSession.#round).
+   */
   twinsInSync: number;
 }
 
@@ -138,6 +145,9 @@ export class TwinSyncSession {
   #states = new Map<string, TwinSyncState>();
   /** Per twin: heads when we last generated a message, and whether the peer spoke since. */
   readonly #lastHeads = new Map<string, string>();
+  /** The peer's heads from its hello, per twin this side has not spoken about yet. */
+  readonly #peerHeads = new Map<string, readonly string[]>();
+  readonly #skipped = new Set<string>();
   readonly #heardFrom = new Set<string>();
   #outgoing: SyncFrame[] = [];
   #incoming = new Map<string, { parts: number; chunks: Uint8Array[]; bytes: number }>();
@@ -258,11 +268,12 @@ export class TwinSyncSession {
       .filter((d) =>
         shared.has(d.factory) && (scope === undefined ? !d.pending : scope.has(d.docId))
       )
-      .map((d) => ({
-        docId: d.docId,
-        factory: d.factory,
-        heads: headsDigest(this.#target.heads?.(d.docId)),
-      }));
+      .map((d) => {
+        const heads = this.#target.heads?.(d.docId).split(",").filter((h) => h !== "") ?? [];
+        return heads.length > 0 && heads.length <= MAX_HELLO_HEADS
+          ? { docId: d.docId, factory: d.factory, heads }
+          : { docId: d.docId, factory: d.factory };
+      });
     const factories = [...this.#target.factories];
     return scope === undefined
       ? { type: "hello", factories, docs }
@@ -292,18 +303,29 @@ export class TwinSyncSession {
       }
     }
     this.#docs = [...ids].sort();
-    // Twins whose heads already match the peer's have nothing to exchange:
-    // mark them as unchanged since a (virtual) last message, so rounds skip
-    // them until either side changes. On a live link that is nearly every
-    // twin, and a session costs a hello instead of a sync message per twin.
     for (const doc of hello.docs) {
-      if (!doc.heads || !ids.has(doc.docId)) continue;
-      const heads = this.#target.heads?.(doc.docId);
-      if (heads !== undefined && headsDigest(heads) === doc.heads) {
-        this.#lastHeads.set(doc.docId, heads);
-        this.stats.twinsInSync++;
-      }
+      if (doc.heads && ids.has(doc.docId)) this.#peerHeads.set(doc.docId, doc.heads);
     }
+  }
+
+  /**
+   * This side opens a dialogue about a twin only if it lacks something the
+   * peer had at its hello; the peer does the same, and Automerge's protocol
+   * answers whoever speaks. A twin both sides already hold costs nothing.
+   * On a live link every twin changes all the time, so hello heads rarely
+   * match, but what differs is gossip in flight: checked as late as the
+   * round that would speak, it has usually arrived. What either side writes
+   * after the hellos is gossip's to carry (a session exists to catch up).
+   */
+  #peerHasNothingNew(docId: string): boolean {
+    const heads = this.#peerHeads.get(docId);
+    if (!heads || this.#heardFrom.has(docId)) return false;
+    if (!this.#target.hasHeads(docId, heads)) return false;
+    if (!this.#skipped.has(docId)) {
+      this.#skipped.add(docId);
+      this.stats.twinsInSync++;
+    }
+    return true;
   }
 
   #receiveChunk(frame: Extract<SyncFrame, { type: "sync" }>): void {
@@ -365,6 +387,8 @@ export class TwinSyncSession {
       // the change rate instead of to the number of twins.
       const heads = this.#target.heads?.(docId);
       if (heads !== undefined && this.#unchanged(docId, heads)) continue;
+      if (this.#peerHasNothingNew(docId)) continue;
+      this.#peerHeads.delete(docId); // from here on Automerge's dialogue decides
       const state = this.#states.get(docId) ?? Automerge.initSyncState();
       const [next, message] = this.#target.generateSyncMessage(docId, state);
       this.#states.set(docId, next);
@@ -389,21 +413,6 @@ export class TwinSyncSession {
     frames.push({ type: "end-round" });
     return frames;
   }
-}
-
-/** Heads beyond this many are not digested: such a twin is always synced. */
-const MAX_DIGESTED_HEADS = 4;
-
-/**
- * A short, comparable form of a twin's heads (joined by ","): the first 64
- * bits of each head hash. Equal digests mean equal heads with overwhelming
- * probability; "" (unknown) never matches.
- */
-export function headsDigest(heads: string | undefined): string {
-  if (!heads) return "";
-  const list = heads.split(",");
-  if (list.length > MAX_DIGESTED_HEADS) return "";
-  return list.map((h) => h.slice(0, 16)).join("");
 }
 
 function concat(chunks: readonly Uint8Array[], size: number): Uint8Array {

@@ -46,7 +46,7 @@ Deno.test("a sync session over a stream pair makes both replicas equal", async (
   deepStrictEqual(a.state("arm-2").fields.modes?.value, ["auto"]);
 });
 
-Deno.test("twins whose heads match in both hellos cost no sync message; a changed one still syncs", async () => {
+Deno.test("only a side lacking what the peer's hello named opens a dialogue about a twin", async () => {
   const { a, b } = divergedPair();
   syncInMemory(a, b);
   for (let i = 0; i < 3; i++) {
@@ -60,8 +60,8 @@ Deno.test("twins whose heads match in both hellos cost no sync message; a change
     runTwinSyncSession(outbound, initiator),
     runTwinSyncSession(inbound, responder),
   ]);
-  // arm-2 matched on both sides; arm-1 differed and was synced.
-  equal(initiator.stats.twinsInSync, 1);
+  // arm-2 matched on both sides. arm-1: a held all b had, so only b spoke, and got the rest.
+  equal(initiator.stats.twinsInSync, 2);
   equal(responder.stats.twinsInSync, 1);
   equal(b.state("arm-1").fields.weldCount?.value, 53);
   deepStrictEqual(a.doc("arm-1").heads(), b.doc("arm-1").heads());
@@ -72,6 +72,51 @@ Deno.test("twins whose heads match in both hellos cost no sync message; a change
   await Promise.all([runTwinSyncSession(out2, again), runTwinSyncSession(in2, againPeer)]);
   equal(again.stats.twinsInSync, 2);
   equal(again.stats.messagesSent + againPeer.stats.messagesSent, 0);
+});
+
+Deno.test("changes in flight when the hellos cross cost no sync message once gossip delivers them", () => {
+  const a = makeReplica("gw-a");
+  const b = makeReplica("gw-b");
+  a.create("arm-1", "welding-arm");
+  b.create("arm-2", "welding-arm");
+  syncInMemory(a, b);
+  // Each writes; the hellos name those changes before gossip carries them.
+  a.write("arm-1", [{ op: "set", field: "setpoints.weldCurrentA", value: 150 }], "any");
+  b.write("arm-2", [{ op: "set", field: "setpoints.weldCurrentA", value: 160 }], "any");
+  const fromA = a.flush();
+  const fromB = b.flush();
+  const initiator = new TwinSyncSession("initiator", a);
+  const responder = new TwinSyncSession("responder", b);
+  const helloA = initiator.start();
+  responder.start();
+  const helloB = helloA.flatMap((f) => responder.receive(f));
+  for (const { docId, changes } of fromA) {
+    b.ingestGossip({ factory: "f1", docs: [{ docId, changes }] });
+  }
+  for (const { docId, changes } of fromB) {
+    a.ingestGossip({ factory: "f1", docs: [{ docId, changes }] });
+  }
+  let toResponder = helloB.flatMap((f) => initiator.receive(f));
+  for (let step = 0; step < 10 && !(initiator.done && responder.done); step++) {
+    toResponder = toResponder.flatMap((f) => responder.receive(f)).flatMap((f) =>
+      initiator.receive(f)
+    );
+  }
+  ok(initiator.done && responder.done, "the session ends");
+  equal(initiator.stats.messagesSent + responder.stats.messagesSent, 0);
+  deepStrictEqual(a.doc("arm-2").heads(), b.doc("arm-2").heads());
+  deepStrictEqual(a.doc("arm-1").heads(), b.doc("arm-1").heads());
+});
+
+Deno.test("a twin whose hello heads a side lacks is synced, even with no other difference", () => {
+  const a = makeReplica("gw-a");
+  const b = makeReplica("gw-b");
+  a.create("arm-1", "welding-arm");
+  syncInMemory(a, b);
+  b.write("arm-1", [{ op: "set", field: "setpoints.weldCurrentA", value: 170 }], "any");
+  b.flush(); // never gossiped: only the session can carry it
+  syncInMemory(a, b);
+  equal(a.state("arm-1").fields["setpoints.weldCurrentA"]?.value, 170);
 });
 
 Deno.test("a round over several twins can hand the event loop back between twins", async () => {
@@ -132,15 +177,18 @@ Deno.test("a hello round-trips, and one from an older twin protocol is refused b
   const hello = {
     type: "hello" as const,
     factories: ["f1"],
-    docs: [{ docId: "arm-1~3", factory: "f1", heads: "00ff" }],
+    docs: [
+      { docId: "arm-1~3", factory: "f1", heads: ["00ff".repeat(16), "ab".repeat(32)] },
+      { docId: "arm-2", factory: "f1" },
+    ],
   };
   deepStrictEqual(decodeSyncFrame(encodeSyncFrame(hello)), hello);
   const scoped = { type: "hello" as const, factories: ["f1"], docs: [], scoped: true };
   deepStrictEqual(decodeSyncFrame(encodeSyncFrame(scoped)), scoped);
-  // Version 2 (before epochs and tombstones): same layout, older version byte.
+  // Version 3 (heads digests): an older version byte is refused by name.
   const older = encodeSyncFrame(hello);
   older[1] = TWIN_SYNC_VERSION - 1;
-  throws(() => decodeSyncFrame(older), /sync version 2; expected 3/);
+  throws(() => decodeSyncFrame(older), /sync version 3; expected 4/);
 });
 
 Deno.test("a sync session skips twins of factories the peer does not replicate", () => {
