@@ -54,23 +54,28 @@ export function registerRoutes(router: Router, deps: RouteDeps): void {
     async () =>
       new Response(await metrics.text(), { headers: { "content-type": metrics.contentType } }),
   );
-  router.get("/status", () => ({
-    peerId,
-    ...identity,
-    uptimeS: uptimeS(),
-    peers: mesh.peers().length,
-    assets: assets.size,
-    twins: twins.list().length,
-    latched: [...assets.keys()].filter((id) => estop.isLatched(id)).length,
-    anomalies: detection.stats.anomaliesLocal,
-    hlc: formatTimestamp(clock.last),
-    stats: {
-      ...deps.stats(),
-      estopLivePeers: estop.livePeers().length,
-      twinGossipIn: twins.stats().gossip_received ?? 0,
-      twinGossipOut: twins.stats().gossip_published ?? 0,
-    },
-  }));
+  // Cheap on purpose: dashboards and scripts poll it (bench twins does, every
+  // 5 s); listing the twins resolved all of them, 20-30 ms on every gateway.
+  router.get("/status", () => {
+    const twinStats = twins.stats();
+    return {
+      peerId,
+      ...identity,
+      uptimeS: uptimeS(),
+      peers: mesh.peers().length,
+      assets: assets.size,
+      twins: twins.count(),
+      latched: [...assets.keys()].filter((id) => estop.isLatched(id)).length,
+      anomalies: detection.stats.anomaliesLocal,
+      hlc: formatTimestamp(clock.last),
+      stats: {
+        ...deps.stats(),
+        estopLivePeers: estop.livePeers().length,
+        twinGossipIn: twinStats.gossip_received,
+        twinGossipOut: twinStats.gossip_published,
+      },
+    };
+  });
 
   router.get(
     "/assets",

@@ -264,6 +264,8 @@ export interface TwinService {
   start(): Promise<void>;
   stop(): Promise<void>;
   list(): TwinSummary[];
+  /** How many twins {@link TwinService.list} shows, without resolving them. */
+  count(): number;
   get(id: string): TwinView;
   command(id: string, body: unknown): { hlc: string };
   history(id: string, limit: number): TwinHistoryEntry[];
@@ -485,6 +487,14 @@ class DefaultTwinService implements TwinService {
       out.push(summaryOf(state));
     }
     return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  }
+
+  count(): number {
+    let known = 0;
+    for (const id of this.#replica.ids()) {
+      if (this.#replica.doc(id).meta().kind !== undefined) known++;
+    }
+    return known;
   }
 
   get(id: string): TwinView {

@@ -43,6 +43,7 @@ import {
 } from "./mesh_processes.ts";
 // What the twin service uses unless the gateway passes `publishIntervalMs` (it does not).
 import { PUBLISH_INTERVAL_MS } from "../node/twin_service.ts";
+import { ARM_SETPOINT_RANGES } from "../node/assets/simulated_arm.ts";
 
 /** The report's JSON line. */
 export interface TwinsBenchReport {
@@ -68,13 +69,16 @@ export interface TwinsBenchReport {
 
 const GATEWAYS = 3;
 const SETPOINTS = ["weldCurrentA", "weldVoltageV", "wireFeedMps", "travelSpeedMmps"] as const;
-/** Values stay inside every field's range (wireFeedMps: 0–0.4). */
-const VALUE_STEPS: Readonly<Record<string, number>> = {
-  weldCurrentA: 1,
-  weldVoltageV: 0.1,
-  wireFeedMps: 0.001,
-  travelSpeedMmps: 0.5,
-};
+/**
+ * Values step through what the simulated arms accept (tighter than the twin
+ * model's ranges), as an operator's would: a refused setpoint is logged as a
+ * warning by its owner, and a bench that wrote a quarter of its values out of
+ * range measured that logging too.
+ */
+function setpointValue(setpoint: string, round: number): number {
+  const [low, high] = ARM_SETPOINT_RANGES[setpoint]!;
+  return low + ((round % 200) / 200) * (high - low);
+}
 /** Writes are issued in ticks of this length (6 per tick at 600/s). */
 const TICK_MS = 10;
 /** POSTs in flight at most: beyond this the writer is behind and says so. */
@@ -294,7 +298,7 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
     const id = arms[index % arms.length]!;
     const setpoint = SETPOINTS[round % SETPOINTS.length]!;
     const writer = gateways[(index + round) % gateways.length]!;
-    const value = (round % 200) * VALUE_STEPS[setpoint]!;
+    const value = setpointValue(setpoint, round);
     const issuedAt = performance.now();
     inFlight++;
     let hlc: string;

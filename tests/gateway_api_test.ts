@@ -32,6 +32,11 @@ Deno.test("the HTTP API answers and malformed requests get 4xx with a JSON error
     assertEquals(Object.keys(health).sort(), ["factory", "name", "peerId", "region", "uptimeS"]);
     assertEquals(health.name, "api");
     assertEquals(await getJson(gateway, "/peers"), []);
+    // /status counts the twins GET /twins lists (without resolving them).
+    const status = await getJson<{ twins: number; assets: number }>(gateway, "/status");
+    const listed = await getJson<unknown[]>(gateway, "/twins");
+    assert(listed.length > 0, "the gateway's own arms are twins");
+    assertEquals(status.twins, listed.length);
     const metrics = await (await fetch(`${base}/metrics`)).text();
     assert(/^twinmesh_gateway_telemetry_samples \d+/m.test(metrics), "twinmesh metrics missing");
     assert(/^libp2p_/m.test(metrics), "libp2p metrics missing");
