@@ -14,7 +14,7 @@
  * console.assert(storage.loadAll().get("arm-1")?.length === 1);
  * ```
  */
-import type { DatabaseSync } from "node:sqlite";
+import type { DatabaseSync, StatementSync } from "node:sqlite";
 
 /**
  * Chunks kept before a twin is compacted. One chunk per twin per publish
@@ -37,6 +37,7 @@ export class TwinStorage {
   /** Per twin, the chunk count that makes it due this time (see appendChunks). */
   #limits = new Map<string, number>();
   #random: () => number;
+  #insertChunk: StatementSync | undefined;
 
   /** `random`: draws each twin's compaction point (default `Math.random`). */
   constructor(db: DatabaseSync, options: { random?: () => number } = {}) {
@@ -88,7 +89,10 @@ export class TwinStorage {
    */
   appendChunks(chunks: readonly TwinChunk[], compactAfter = COMPACT_AFTER_CHUNKS): string[] {
     if (chunks.length === 0) return [];
-    const insert = this.#db.prepare("INSERT INTO twin_chunks (asset_id, data) VALUES (?, ?)");
+    // Prepared once: this runs at every publish tick.
+    const insert = this.#insertChunk ??= this.#db.prepare(
+      "INSERT INTO twin_chunks (asset_id, data) VALUES (?, ?)",
+    );
     const due: string[] = [];
     this.#transaction(() => {
       for (const { assetId, bytes } of chunks) {

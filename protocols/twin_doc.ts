@@ -412,8 +412,11 @@ export class TwinDoc {
     for (let pass = 0; pass <= MAX_PARKED_CHANGES_PER_DOC && this.#parked.size > 0; pass++) {
       const ready: Uint8Array[] = [];
       const keys: string[] = [];
+      // A gossiped change almost always builds on the current heads: checking
+      // those first saves a lookup by hash (~10 µs) per dependency.
+      const heads = new Set(this.#handle.getHeads());
       for (const [hash, parked] of this.#parked) {
-        if (parked.deps.every((dep) => this.#has(dep))) {
+        if (parked.deps.every((dep) => heads.has(dep) || this.#has(dep))) {
           ready.push(parked.change);
           keys.push(...parked.keys);
           if (parked.hlc && (!newestHlc || compareTimestamps(parked.hlc, newestHlc) > 0)) {

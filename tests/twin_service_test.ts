@@ -34,6 +34,8 @@ async function startGateway(
     node?: TestNode;
     compactAfterChunks?: number;
     rebaseAfterOps?: number;
+    /** Randomness of the service (peer choice, compaction points). */
+    random?: () => number;
   } = {},
 ): Promise<Gateway> {
   const node = options.node ?? await makeTestNode();
@@ -52,6 +54,7 @@ async function startGateway(
     factory: "f1",
     gatewayName: name,
     ownedAssets,
+    ...(options.random ? { random: options.random } : {}),
   });
   const commands: Gateway["commands"] = [];
   service.onCommand((assetId, command) => commands.push({ assetId, command }));
@@ -264,6 +267,7 @@ Deno.test({
     const ids = Array.from({ length: 12 }, (_, i) => `arm-${i}`);
     const a = await startGateway("gw-a", ids.map((id) => ({ id, kind: "welding-arm" })), {
       compactAfterChunks: 3,
+      random: () => 0, // every twin comes due at the full limit, in the same tick
     });
     try {
       // The twelve reach the limit in the same tick; no tick compacts more than the budget.
