@@ -74,16 +74,6 @@ export const PUBLISH_INTERVAL_MS = 25;
  * Together they keep write→visible within a few ms plus the network.
  */
 export const COMMAND_COALESCE_MS = 1;
-/**
- * Local and received changes go to SQLite in one transaction at most this
- * often (and at shutdown). A transaction per publish tick (~65/s under bench
- * twins' load) filled the WAL with the same few pages over and over, so
- * SQLite checkpointed, with an fsync on the event loop, every few seconds:
- * 4-12 ms stalls. Peers hold every change as soon as it is published (that
- * comes first), so what a crash can lose from this gateway's disk alone is
- * this long of writes, which it gets back from them on restart.
- */
-export const PERSIST_INTERVAL_MS = 250;
 export const MIN_TICK_GAP_MS = 5;
 /**
  * Anti-entropy: one sync session with a random connected peer this often.
@@ -211,8 +201,6 @@ export interface TwinServiceInit {
   replicate?: readonly string[];
   /** See {@link PUBLISH_INTERVAL_MS}. */
   publishIntervalMs?: number;
-  /** See {@link PERSIST_INTERVAL_MS}; 0 persists at every tick. */
-  persistIntervalMs?: number;
   /** See {@link ANTI_ENTROPY_INTERVAL_MS}; 0 disables. */
   antiEntropyIntervalMs?: number;
   /** See {@link CONNECT_SYNC_DELAY_MS}. */
@@ -410,7 +398,6 @@ class DefaultTwinService implements TwinService {
   /** Peers whose catch-up sessions are waiting to be forwarded (see #forward). */
   #forwardSources = new Set<string>();
   #lastTickAtMs = 0;
-  #lastPersistAtMs = 0;
   #abort = new AbortController();
   #started = false;
 
@@ -418,7 +405,6 @@ class DefaultTwinService implements TwinService {
     this.#components = components;
     this.#init = {
       publishIntervalMs: init.publishIntervalMs ?? PUBLISH_INTERVAL_MS,
-      persistIntervalMs: init.persistIntervalMs ?? PERSIST_INTERVAL_MS,
       antiEntropyIntervalMs: init.antiEntropyIntervalMs ?? ANTI_ENTROPY_INTERVAL_MS,
       connectSyncDelayMs: init.connectSyncDelayMs ?? CONNECT_SYNC_DELAY_MS,
       compactAfterChunks: init.compactAfterChunks ?? COMPACT_AFTER_CHUNKS,
@@ -565,7 +551,7 @@ class DefaultTwinService implements TwinService {
 
   async flushNow(): Promise<void> {
     if (this.#ticking) await this.#ticking;
-    await this.#tick({ persist: true });
+    await this.#tick();
   }
 
   /** Starts (or queues) a session, counted by why it was wanted. */
@@ -649,8 +635,7 @@ class DefaultTwinService implements TwinService {
     }, waitMs);
   }
 
-  /** Publishes what was written; persists when `persist` or {@link PERSIST_INTERVAL_MS} is due. */
-  async #tick(options: { persist?: boolean } = {}): Promise<void> {
+  async #tick(): Promise<void> {
     const flushed = this.#replica.flush();
     for (const assetId of this.#replica.drainRemoteChanged()) {
       if (this.#owned.has(assetId)) this.#deliverCommands(this.#replica.state(assetId));
@@ -659,11 +644,7 @@ class DefaultTwinService implements TwinService {
     // sync sooner, and durability is unchanged (writes are acknowledged before
     // either happens; see the README).
     await this.#publish(flushed);
-    const now = performance.now();
-    if (options.persist || now - this.#lastPersistAtMs >= this.#init.persistIntervalMs) {
-      this.#lastPersistAtMs = now;
-      this.#persist();
-    }
+    this.#persist();
   }
 
   async #publish(flushed: readonly FlushedChanges[]): Promise<void> {

@@ -36,7 +36,6 @@ async function startGateway(
     rebaseAfterOps?: number;
     /** Randomness of the service (peer choice, compaction points). */
     random?: () => number;
-    persistIntervalMs?: number;
   } = {},
 ): Promise<Gateway> {
   const node = options.node ?? await makeTestNode();
@@ -47,7 +46,6 @@ async function startGateway(
     antiEntropyIntervalMs: 0,
     compactAfterChunks: options.compactAfterChunks,
     rebaseAfterOps: options.rebaseAfterOps,
-    persistIntervalMs: options.persistIntervalMs ?? 0,
   }, {
     libp2p: node,
     db,
@@ -285,34 +283,6 @@ Deno.test({
       }
       for (let tick = 0; tick < ids.length; tick++) await flush();
       equal(a.service.stats().compactions, ids.length);
-    } finally {
-      await a.stop();
-    }
-  },
-});
-
-Deno.test({
-  name: "publish ticks persist at most once per persist interval; flushNow always persists",
-  ...options,
-  fn: async () => {
-    const a = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }], {
-      persistIntervalMs: 60_000,
-    });
-    try {
-      const stored = () => a.service.stats().persisted_chunks;
-      const before = stored();
-      a.service.writeMeasured("arm-1", { counters: { runtimeMs: 10 } });
-      const published = a.service.stats().gossip_published +
-        a.service.stats().gossip_publish_errors;
-      await eventually(
-        () =>
-          a.service.stats().gossip_published + a.service.stats().gossip_publish_errors > published,
-        2_000,
-        "the write is published by a tick",
-      );
-      equal(stored(), before, "not persisted by the tick that published it");
-      await a.service.flushNow();
-      equal(stored(), before + 1);
     } finally {
       await a.stop();
     }
