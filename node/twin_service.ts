@@ -500,7 +500,9 @@ class DefaultTwinService implements TwinService {
   get(id: string): TwinView {
     const state = this.#knownState(id);
     const fields: Record<string, { value: TwinValue; hlc: string }> = {};
-    for (const [name, field] of Object.entries(state.fields)) {
+    // By name: the resolved view's order follows when keys arrived, which differs by replica.
+    for (const name of Object.keys(state.fields).sort()) {
+      const field = state.fields[name]!;
       fields[name] = { value: field.value, hlc: formatTimestamp(field.hlc) };
     }
     return { ...summaryOf(state), factory: state.meta.factory ?? "", fields };

@@ -29,7 +29,7 @@ export const TWIN_SYNC_VERSION = 4;
 /** Heads a hello lists per twin; a twin with more is announced without them (always synced). */
 export const MAX_HELLO_HEADS = 4;
 /** Bytes of an Automerge change hash (a head). */
-const HEAD_BYTES = 32;
+export const HEAD_BYTES = 32;
 /** The libp2p protocol id of a sync session. */
 export const TWIN_SYNC_PROTOCOL = `/twinmesh/twin-sync/${TWIN_SYNC_VERSION}.0.0`;
 
@@ -424,7 +424,7 @@ class ByteReader {
 }
 
 function hexToBytes(hex: string): Uint8Array {
-  assert(/^([0-9a-f]{2})+$/.test(hex), "change hashes are lowercase hex");
+  assert(/^[0-9a-f]{64}$/.test(hex), "change hashes are 32 bytes of lowercase hex");
   const out = new Uint8Array(hex.length / 2);
   for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
   return out;

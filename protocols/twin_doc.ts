@@ -261,6 +261,15 @@ export class TwinDoc {
     if (key.startsWith("n:")) this.#nodesNamed.clear();
   }
 
+  /** Drops everything derived from the document's state. */
+  #forgetAll(): void {
+    this.#changed();
+    this.#memo.clear();
+    this.#meta = undefined;
+    this.#keys = undefined;
+    this.#nodesNamed.clear();
+  }
+
   /** See {@link TwinDoc.#keys}. */
   #liveKeys(): ReadonlySet<string> {
     this.#keys ??= new Set(this.#handle.keys("_root"));
@@ -457,8 +466,8 @@ export class TwinDoc {
 
   /**
    * Automerge sync: applies a peer's message. Throws {@link TwinSyncMessageError}
-   * when it does not decode or Automerge refuses it; the document is unchanged
-   * then. Unlike gossip changes, the contents are not checked op by op before
+   * when it does not decode (the document is unchanged then) or Automerge
+   * refuses it (which it may do after applying part of it). Unlike gossip changes, the contents are not checked op by op before
    * applying (a sync message may carry a whole compressed document, and
    * decoding every change would halve reconcile speed): values and keys that
    * break the layout are ignored, deterministically on every replica, when the
@@ -481,13 +490,12 @@ export class TwinDoc {
       this.#handle.updateDiffCursor();
       next = Automerge.receiveSyncMessage(this.#doc, state, message);
     } catch (cause) {
+      // Automerge may have applied part of the message before refusing the
+      // rest: nothing derived from the old state is kept.
+      this.#forgetAll();
       throw new TwinSyncMessageError(this.assetId, "was refused by Automerge", { cause });
     }
-    this.#changed();
-    this.#memo.clear(); // a sync message may touch any key
-    this.#meta = undefined;
-    this.#keys = undefined;
-    this.#nodesNamed.clear();
+    this.#forgetAll(); // a sync message may touch any key
     this.#doc = next[0];
     this.#handle = Automerge.getBackend(this.#doc);
     this.#applyReadyParked();

@@ -486,7 +486,8 @@ export class TwinReplica implements TwinSyncTarget {
   /**
    * Ids of the twins changed by peers since the last call. Advances the HLC
    * past the newest remote stamp seen, so a local write made after seeing a
-   * value outranks it. Twins are not resolved here: most are only read when
+   * value outranks it, from the changes' commit stamps (only twins changed by
+   * a sync message are resolved for that): most twins are read only when
    * someone asks.
    */
   drainRemoteChanged(): string[] {

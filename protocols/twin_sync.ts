@@ -34,6 +34,7 @@ import {
   chunkSyncMessage,
   decodeSyncFrame,
   encodeSyncFrame,
+  HEAD_BYTES,
   MAX_HELLO_HEADS,
   MAX_SYNC_FRAME_BYTES,
   MAX_SYNC_MESSAGE_BYTES,
@@ -77,6 +78,13 @@ export const CATCH_UP_ROUNDS = 8;
 export const TRICKLE_BYTES = 64 * 1024;
 /** A session that has not finished after this long is aborted (2 min ≈ 150 MB at 10 Mbit/s). */
 export const SYNC_SESSION_TIMEOUT_MS = 120_000;
+/**
+ * Bytes of heads one hello may carry (~33 B per head per twin). A hello is
+ * one frame: with thousands of twins, those past this budget are announced
+ * without heads (and always synced) instead of the hello outgrowing the
+ * frame limit and every session failing. Half the frame leaves the ids room.
+ */
+export const HELLO_HEADS_BUDGET = Math.floor(MAX_SYNC_FRAME_BYTES / 2);
 
 /** What a sync session needs from the replica. */
 export interface TwinSyncTarget {
@@ -119,8 +127,9 @@ export interface TwinSyncSessionStats {
   messagesReceived: number;
   framesIgnored: number;
   /**
-   * Twins this side never opened a dialogue about: it already held everything
-   * the peer had when it sent its hello (see TwinSyncSession.#round).
+   * Twins this side did not open a dialogue about: it already held everything
+   * the peer had when it sent its hello (see TwinSyncSession.#round). It
+   * still answers if the peer speaks about one.
    */
   twinsInSync: number;
 }
@@ -264,15 +273,19 @@ export class TwinSyncSession {
   #hello(): SyncFrame {
     const shared = new Set(this.#target.factories);
     const scope = this.#scope;
+    let budget = HELLO_HEADS_BUDGET;
     const docs = this.#target.listDocs()
       .filter((d) =>
         shared.has(d.factory) && (scope === undefined ? !d.pending : scope.has(d.docId))
       )
       .map((d) => {
         const heads = this.#target.heads?.(d.docId).split(",").filter((h) => h !== "") ?? [];
-        return heads.length > 0 && heads.length <= MAX_HELLO_HEADS
-          ? { docId: d.docId, factory: d.factory, heads }
-          : { docId: d.docId, factory: d.factory };
+        const bytes = heads.length * (HEAD_BYTES + 1);
+        if (heads.length === 0 || heads.length > MAX_HELLO_HEADS || bytes > budget) {
+          return { docId: d.docId, factory: d.factory };
+        }
+        budget -= bytes;
+        return { docId: d.docId, factory: d.factory, heads };
       });
     const factories = [...this.#target.factories];
     return scope === undefined

@@ -1,4 +1,5 @@
 import { deepStrictEqual, equal, ok, rejects, throws } from "node:assert/strict";
+import { assert } from "../protocols/assert.ts";
 import { lpStream, streamPair } from "@libp2p/utils";
 import {
   chunkSyncMessage,
@@ -6,12 +7,17 @@ import {
   decodeSyncFrame,
   encodeGossip,
   encodeSyncFrame,
+  MAX_HELLO_DOCS,
   MAX_SYNC_FRAME_BYTES,
   SYNC_CHUNK_BYTES,
   TWIN_SYNC_VERSION,
   TwinCodecError,
 } from "../protocols/twin_codec.ts";
-import { runTwinSyncSession, TwinSyncSession } from "../protocols/twin_sync.ts";
+import {
+  runTwinSyncSession,
+  TwinSyncSession,
+  type TwinSyncTarget,
+} from "../protocols/twin_sync.ts";
 import { MAX_PARKED_CHANGES_PER_DOC } from "../protocols/twin_doc.ts";
 import { makeReplica, syncInMemory } from "./twin_test_util.ts";
 
@@ -189,6 +195,32 @@ Deno.test("a hello round-trips, and one from an older twin protocol is refused b
   const older = encodeSyncFrame(hello);
   older[1] = TWIN_SYNC_VERSION - 1;
   throws(() => decodeSyncFrame(older), /sync version 3; expected 4/);
+});
+
+Deno.test("a hello for the most twins a replica holds fits a frame: heads past the budget are left out", () => {
+  const head = (i: number, k: number) => (i * 4 + k).toString(16).padStart(64, "0");
+  const docs = Array.from({ length: MAX_HELLO_DOCS }, (_, i) => ({
+    docId: `gateway-${i % 50}.arm-${i}`,
+    factory: "f1",
+  }));
+  const target: TwinSyncTarget = {
+    factories: ["f1"],
+    listDocs: () => docs,
+    ensureDoc: () => true,
+    generateSyncMessage: (_docId, state) => [state, null],
+    receiveSyncMessage: (_docId, state) => state,
+    heads: (docId) => [0, 1, 2, 3].map((k) => head(Number(docId.split("-").at(-1)), k)).join(","),
+    hasHeads: () => false,
+  };
+  const [hello] = new TwinSyncSession("initiator", target).start();
+  const bytes = encodeSyncFrame(hello!);
+  ok(bytes.length <= MAX_SYNC_FRAME_BYTES, `hello of ${bytes.length} B`);
+  const decoded = decodeSyncFrame(bytes);
+  assert(decoded.type === "hello", "a hello decodes as one");
+  const withHeads = decoded.docs.filter((d) => d.heads).length;
+  ok(withHeads > 1_000 && withHeads < MAX_HELLO_DOCS, `${withHeads} twins carry heads`);
+  deepStrictEqual(decoded.docs[0]?.heads, [0, 1, 2, 3].map((k) => head(0, k)));
+  equal(decoded.docs.length, MAX_HELLO_DOCS);
 });
 
 Deno.test("a sync session skips twins of factories the peer does not replicate", () => {
