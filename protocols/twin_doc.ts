@@ -663,12 +663,13 @@ export class TwinDoc {
       this.#memo.clear();
       this.#memoKind = meta.kind;
     }
-    // Rebuilt from the current keys, so entries of deleted keys drop out.
-    const memo = new Map<string, KeyMemo>();
-    for (const key of this.#liveKeys()) {
-      memo.set(key, this.#memo.get(key) ?? { parsed: parseKey(key) });
-    }
-    this.#memo = memo;
+    // Filled in place rather than rebuilt as a new map of every key per
+    // resolve: entries exist only for live keys, and only a sync message,
+    // which clears the memo, can delete one.
+    const keys = this.#liveKeys();
+    const memo = this.#memo;
+    for (const key of keys) if (!memo.has(key)) memo.set(key, { parsed: parseKey(key) });
+    assert(memo.size === keys.size, "the resolve memo holds exactly the live keys");
     const nodes = new Map<string, string>();
     for (const [key, entry] of memo) {
       if (entry.parsed?.kind !== "node") continue;
