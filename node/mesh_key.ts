@@ -4,6 +4,7 @@
  * the key cannot complete a connection to the mesh at all.
  */
 import { ConfigError } from "./config.ts";
+import { bytesToHex } from "../protocols/hex.ts";
 
 const KEY_PATTERN = /^\/key\/swarm\/psk\/1\.0\.0\/\r?\n\/base16\/\r?\n[0-9a-fA-F]{64}\s*$/;
 
@@ -27,10 +28,7 @@ export function readMeshKey(path: string): Uint8Array {
 
 /** Creates a new random key file (mode 0600); refuses to overwrite. */
 export function writeNewMeshKey(path: string): void {
-  const hex = Array.from(
-    crypto.getRandomValues(new Uint8Array(32)),
-    (b) => b.toString(16).padStart(2, "0"),
-  ).join("");
+  const hex = bytesToHex(crypto.getRandomValues(new Uint8Array(32)));
   Deno.writeTextFileSync(path, `/key/swarm/psk/1.0.0/\n/base16/\n${hex}\n`, {
     mode: 0o600,
     createNew: true,

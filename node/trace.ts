@@ -5,6 +5,7 @@
  * and every ack, so `GET /traces?trace=<stop id>` on each gateway shows the
  * stop's path through the mesh with timings on one host clock per gateway.
  */
+import { bytesToHex } from "../protocols/hex.ts";
 
 /** Spans kept; older ones are dropped (metrics and logs keep the totals). */
 export const MAX_SPANS = 2_000;
@@ -67,8 +68,5 @@ export function round(ms: number): number {
 
 /** A random 16-byte hex trace id (for spans that start a trace here). */
 export function newTraceId(): string {
-  return Array.from(
-    crypto.getRandomValues(new Uint8Array(16)),
-    (b) => b.toString(16).padStart(2, "0"),
-  ).join("");
+  return bytesToHex(crypto.getRandomValues(new Uint8Array(16)));
 }

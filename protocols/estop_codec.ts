@@ -16,6 +16,7 @@
  * ```
  */
 import { assert } from "./assert.ts";
+import { bytesToHex, hexToBytes } from "./hex.ts";
 import { decodeTimestamp, encodeTimestamp, type Timestamp } from "./hlc.ts";
 import {
   COMMAND_ID_BYTES,
@@ -192,7 +193,7 @@ class Writer {
 
 function writeId(writer: Writer, field: string, id: string): void {
   if (!isCommandId(id)) throw new RangeError(`e-stop ${field} "${id}": expected 32 hex chars`);
-  for (let i = 0; i < COMMAND_ID_BYTES; i++) writer.u8(parseInt(id.slice(i * 2, i * 2 + 2), 16));
+  for (const byte of hexToBytes(id)) writer.u8(byte);
 }
 
 function writeTarget(writer: Writer, target: EstopTarget): void {
@@ -213,7 +214,7 @@ export function isCommandId(id: unknown): id is string {
 export function newCommandId(randomBytes: (n: number) => Uint8Array = defaultRandomBytes): string {
   const bytes = randomBytes(COMMAND_ID_BYTES);
   assert(bytes.length === COMMAND_ID_BYTES, "random source returns the requested length");
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  return bytesToHex(bytes);
 }
 
 function defaultRandomBytes(n: number): Uint8Array {
@@ -387,8 +388,7 @@ class Reader {
   }
 
   id(field: string): string {
-    const bytes = this.raw(field, COMMAND_ID_BYTES);
-    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+    return bytesToHex(this.raw(field, COMMAND_ID_BYTES));
   }
 
   timestamp(field: string): Timestamp {

@@ -13,6 +13,7 @@
  * ```
  */
 import { assert } from "./assert.ts";
+import { bytesToHex, hexToBytes } from "./hex.ts";
 
 /**
  * Gossip message format version (also in the topic name). 2: documents are
@@ -209,7 +210,11 @@ export function encodeSyncFrame(frame: SyncFrame): Uint8Array {
         const heads = doc.heads ?? [];
         assert(heads.length <= MAX_HELLO_HEADS, "a hello lists a few heads per twin");
         out.uint(heads.length);
-        for (const head of heads) out.bytes(hexToBytes(head));
+        for (const head of heads) {
+          const hash = hexToBytes(head);
+          assert(hash.length === HEAD_BYTES, "a head is a 32-byte change hash");
+          out.bytes(hash);
+        }
       }
       break;
     case "sync":
@@ -421,17 +426,4 @@ class ByteReader {
       throw new TwinCodecError(`${this.#bytes.length - this.#offset} trailing bytes`);
     }
   }
-}
-
-function hexToBytes(hex: string): Uint8Array {
-  assert(/^[0-9a-f]{64}$/.test(hex), "change hashes are 32 bytes of lowercase hex");
-  const out = new Uint8Array(hex.length / 2);
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
-  return out;
-}
-
-function bytesToHex(bytes: Uint8Array): string {
-  let hex = "";
-  for (const byte of bytes) hex += byte.toString(16).padStart(2, "0");
-  return hex;
 }
