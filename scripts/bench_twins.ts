@@ -65,6 +65,8 @@ export interface TwinsBenchReport {
   sync_sessions: number | null;
   /** Worst event-loop lag any gateway reported during the run (its 10 s maximum, sampled). */
   loop_lag_max_ms: number | null;
+  /** Bytes the gateways caused to be written to disk, per gateway per second (/proc/<pid>/io). */
+  disk_write_mb_per_s: number | null;
 }
 
 const GATEWAYS = 3;
@@ -231,6 +233,26 @@ function cpuSeconds(pid: number): number | null {
   }
 }
 
+/** Bytes a process has caused to be written to storage so far; null where /proc is missing. */
+function writeBytes(pid: number): number | null {
+  try {
+    const match = /^write_bytes:\s*(\d+)$/m.exec(Deno.readTextFileSync(`/proc/${pid}/io`));
+    return match ? Number(match[1]) : null;
+  } catch {
+    return null;
+  }
+}
+
+function totalWriteBytes(pids: readonly number[]): number | null {
+  let total = 0;
+  for (const pid of pids) {
+    const bytes = writeBytes(pid);
+    if (bytes === null) return null;
+    total += bytes;
+  }
+  return total;
+}
+
 function totalCpuSeconds(pids: readonly number[]): number | null {
   let total = 0;
   for (const pid of pids) {
@@ -261,6 +283,7 @@ interface RunResult {
   elapsedS: number;
   /** CPU seconds the gateways / this process used during the run. */
   gatewayCpuS: number | null;
+  gatewayWriteBytes: number | null;
   benchCpuS: number | null;
   loadAverage: number | null;
   counters: Record<string, number> | null;
@@ -282,6 +305,7 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
     behindTicks: 0,
     elapsedS: 0,
     gatewayCpuS: null,
+    gatewayWriteBytes: null,
     benchCpuS: null,
     loadAverage: null,
     counters: null,
@@ -289,6 +313,7 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
   };
   const gatewayPids = gateways.map((g) => g.child.pid);
   const gatewayCpuBefore = totalCpuSeconds(gatewayPids);
+  const gatewayWritesBefore = totalWriteBytes(gatewayPids);
   const benchCpuBefore = cpuSeconds(Deno.pid);
   const follows: Promise<void>[] = [];
   let inFlight = 0;
@@ -364,6 +389,10 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
   result.elapsedS = (performance.now() - startedAt) / 1000;
   await Promise.all(follows);
   const gatewayCpuAfter = totalCpuSeconds(gatewayPids);
+  const gatewayWritesAfter = totalWriteBytes(gatewayPids);
+  if (gatewayWritesBefore !== null && gatewayWritesAfter !== null) {
+    result.gatewayWriteBytes = gatewayWritesAfter - gatewayWritesBefore;
+  }
   const benchCpuAfter = cpuSeconds(Deno.pid);
   if (gatewayCpuBefore !== null && gatewayCpuAfter !== null) {
     result.gatewayCpuS = gatewayCpuAfter - gatewayCpuBefore;
@@ -397,6 +426,8 @@ const EXPLAINING_COUNTERS = [
   "twinmesh_twins_gossip_changes_parked",
   "twinmesh_twins_gossip_changes_applied",
   "twinmesh_twins_changes_committed",
+  "twinmesh_twins_compactions",
+  "twinmesh_twins_persisted_chunks",
 ] as const;
 
 async function twinCounters(
@@ -452,6 +483,7 @@ function printTable(result: RunResult, options: Options): void {
     } |`,
   );
   console.log(`| bench process CPU, cores busy | ${perS(result.benchCpuS)} |`);
+  console.log(`| disk writes per gateway | ${diskMbPerS(result) ?? "n/a"} MB/s |`);
   console.log(`| worst gateway event-loop lag | ${result.loopLagMaxMs ?? "n/a"} ms |`);
   for (const [name, value] of Object.entries(result.counters ?? {})) {
     console.log(`| ${name} (all gateways) | ${value} |`);
@@ -461,6 +493,11 @@ function printTable(result: RunResult, options: Options): void {
       result.loadAverage ?? "n/a"
     } |`,
   );
+}
+
+function diskMbPerS(result: RunResult): number | null {
+  if (result.gatewayWriteBytes === null) return null;
+  return Math.round((result.gatewayWriteBytes / GATEWAYS / result.elapsedS / 1e6) * 100) / 100;
 }
 
 /** Entry point for the bench dispatcher and for direct runs. */
@@ -501,6 +538,7 @@ export async function main(args: string[]): Promise<TwinsBenchReport> {
     load_average: result.loadAverage,
     sync_sessions: result.counters?.twinmesh_twins_sync_sessions ?? null,
     loop_lag_max_ms: result.loopLagMaxMs,
+    disk_write_mb_per_s: diskMbPerS(result),
   };
   console.log(JSON.stringify(report));
   return report;

@@ -1,6 +1,6 @@
 import { deepStrictEqual, equal, ok } from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
-import { TwinStorage } from "../node/twin_storage.ts";
+import { MAX_LOG_ROWS_FACTOR, TwinStorage } from "../node/twin_storage.ts";
 import { makeReplica } from "./twin_test_util.ts";
 
 function openDb(path: string): DatabaseSync {
@@ -138,4 +138,84 @@ Deno.test("a twin loaded with more chunks than its limit comes due at the next a
   ]);
   // Reported once until compacted.
   deepStrictEqual(storage.appendChunks([{ assetId: "arm-1", bytes: new Uint8Array([3]) }], 40), []);
+});
+
+const bytes = (...values: number[]) => new Uint8Array(values);
+const logRowsInTable = (db: DatabaseSync) =>
+  Number((db.prepare("SELECT count(*) AS n FROM twin_log").get() as { n: number }).n);
+
+Deno.test("a log row is deleted once every twin in it has a newer snapshot, and reloads skip what snapshots cover", () => {
+  const db = new DatabaseSync(":memory:");
+  let storage = new TwinStorage(db);
+  storage.loadAll();
+  storage.appendChunks([{ assetId: "a", bytes: bytes(1) }, { assetId: "b", bytes: bytes(2) }]);
+  storage.appendChunks([{ assetId: "a", bytes: bytes(3) }]);
+  storage.compact("a", bytes(9));
+  equal(logRowsInTable(db), 1, "the row b still needs stays; a's own row goes");
+  storage.appendChunks([{ assetId: "a", bytes: bytes(4) }]);
+
+  storage = new TwinStorage(db);
+  const loaded = storage.loadAll();
+  deepStrictEqual(loaded.get("a"), [bytes(9), bytes(4)], "a: snapshot, then only the later chunk");
+  deepStrictEqual(loaded.get("b"), [bytes(2)]);
+  equal(storage.chunkCount("a"), 1);
+
+  storage.compact("b", bytes(8));
+  equal(logRowsInTable(db), 1, "only the row after a's snapshot is left");
+  storage.compact("a", bytes(7));
+  equal(logRowsInTable(db), 0);
+  equal(storage.logRows(), 0);
+
+  // Rows appended after everything was compacted are never taken for covered ones.
+  storage.appendChunks([{ assetId: "b", bytes: bytes(5) }]);
+  storage = new TwinStorage(db);
+  deepStrictEqual(storage.loadAll().get("b"), [bytes(8), bytes(5)]);
+  deepStrictEqual(storage.loadAll().get("a"), [bytes(7)]);
+});
+
+Deno.test("twins written too rarely to come due by count are compacted once the log passes its bound", () => {
+  const storage = new TwinStorage(new DatabaseSync(":memory:"), { random: () => 0 });
+  storage.loadAll();
+  const compactAfter = 10;
+  const bound = MAX_LOG_ROWS_FACTOR * compactAfter;
+  // 20 twins in turn, one chunk per row: by count each would come due only
+  // after 10 × 20 rows, each row pinned by its one twin until then.
+  const twins = Array.from({ length: 20 }, (_, i) => `arm-${i}`);
+  const firstDue: Array<{ row: number; assetId: string }> = [];
+  let maxRows = 0;
+  for (let row = 1; row <= 150; row++) {
+    const assetId = twins[row % twins.length]!;
+    for (const due of storage.appendChunks([{ assetId, bytes: bytes(row % 256) }], compactAfter)) {
+      if (firstDue.length === 0) firstDue.push({ row, assetId: due });
+      storage.compact(due, bytes(0));
+    }
+    maxRows = Math.max(maxRows, storage.logRows());
+  }
+  deepStrictEqual(firstDue, [{ row: bound + 1, assetId: twins[1] }], "the oldest row's twin");
+  ok(maxRows <= bound + 1, `log rows stayed at most ${bound + 1}: ${maxRows}`);
+});
+
+Deno.test("a data directory from before the log loads the same chunks", () => {
+  const db = new DatabaseSync(":memory:");
+  db.exec(`
+    CREATE TABLE twin_snapshots (asset_id TEXT PRIMARY KEY, data BLOB NOT NULL);
+    CREATE TABLE twin_chunks (seq INTEGER PRIMARY KEY AUTOINCREMENT, asset_id TEXT NOT NULL, data BLOB NOT NULL);
+    CREATE INDEX twin_chunks_by_asset ON twin_chunks (asset_id, seq);
+  `);
+  db.prepare("INSERT INTO twin_snapshots VALUES (?, ?)").run("a", bytes(9));
+  const insert = db.prepare("INSERT INTO twin_chunks (asset_id, data) VALUES (?, ?)");
+  insert.run("a", bytes(1));
+  insert.run("b", bytes(2));
+  insert.run("a", bytes(3));
+  const storage = new TwinStorage(db);
+  const loaded = storage.loadAll();
+  deepStrictEqual(loaded.get("a"), [bytes(9), bytes(1), bytes(3)]);
+  deepStrictEqual(loaded.get("b"), [bytes(2)]);
+  equal(
+    db.prepare("SELECT name FROM sqlite_master WHERE name = 'twin_chunks'").get(),
+    undefined,
+    "the old table is gone",
+  );
+  storage.compact("a", bytes(7));
+  deepStrictEqual(new TwinStorage(db).loadAll().get("a"), [bytes(7)]);
 });
