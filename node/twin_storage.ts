@@ -67,7 +67,8 @@ export class TwinStorage {
     db.exec(`
       CREATE TABLE IF NOT EXISTS twin_snapshots (
         asset_id TEXT PRIMARY KEY,
-        data BLOB NOT NULL
+        data BLOB NOT NULL,
+        log_seq INTEGER NOT NULL DEFAULT 0
       );
       CREATE TABLE IF NOT EXISTS twin_log (
         seq INTEGER PRIMARY KEY,
