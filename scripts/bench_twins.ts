@@ -258,24 +258,15 @@ function writeBytes(pid: number): number | null {
   }
 }
 
-function totalWriteBytes(pids: readonly number[]): number | null {
-  let total = 0;
+/** `read` summed over processes; null when it fails for any of them. */
+function total(pids: readonly number[], read: (pid: number) => number | null): number | null {
+  let sum = 0;
   for (const pid of pids) {
-    const bytes = writeBytes(pid);
-    if (bytes === null) return null;
-    total += bytes;
+    const value = read(pid);
+    if (value === null) return null;
+    sum += value;
   }
-  return total;
-}
-
-function totalCpuSeconds(pids: readonly number[]): number | null {
-  let total = 0;
-  for (const pid of pids) {
-    const seconds = cpuSeconds(pid);
-    if (seconds === null) return null;
-    total += seconds;
-  }
-  return total;
+  return sum;
 }
 
 /** 1-minute load average of the host (other processes compete for the same cores). */
@@ -330,8 +321,8 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
     loopLagMaxMs: null,
   };
   const gatewayPids = gateways.map((g) => g.child.pid);
-  const gatewayCpuBefore = totalCpuSeconds(gatewayPids);
-  const gatewayWritesBefore = totalWriteBytes(gatewayPids);
+  const gatewayCpuBefore = total(gatewayPids, cpuSeconds);
+  const gatewayWritesBefore = total(gatewayPids, writeBytes);
   const benchCpuBefore = cpuSeconds(Deno.pid);
   const follows: Promise<void>[] = [];
   let inFlight = 0;
@@ -411,8 +402,8 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
   clearInterval(lagSampler);
   result.elapsedS = (performance.now() - startedAt) / 1000;
   await Promise.all(follows);
-  const gatewayCpuAfter = totalCpuSeconds(gatewayPids);
-  const gatewayWritesAfter = totalWriteBytes(gatewayPids);
+  const gatewayCpuAfter = total(gatewayPids, cpuSeconds);
+  const gatewayWritesAfter = total(gatewayPids, writeBytes);
   if (gatewayWritesBefore !== null && gatewayWritesAfter !== null) {
     result.gatewayWriteBytes = gatewayWritesAfter - gatewayWritesBefore;
   }
