@@ -18,7 +18,7 @@ import {
   TwinSyncSession,
   type TwinSyncTarget,
 } from "../protocols/twin_sync.ts";
-import { MAX_PARKED_CHANGES_PER_DOC } from "../protocols/twin_doc.ts";
+import { MAX_PARKED_CHANGES_PER_DOC, TwinDoc } from "../protocols/twin_doc.ts";
 import { makeReplica, syncInMemory } from "./twin_test_util.ts";
 
 function divergedPair() {
@@ -411,4 +411,22 @@ Deno.test("gossip changes outside the twin layout are dropped and counted", () =
   equal(b.stats.dropped_malformed, 1);
   b.ingestGossip({ factory: "other", docs: [] });
   equal(b.stats.dropped_unknown_factory, 1);
+});
+
+Deno.test("a change Automerge holds back for a missing dependency does not count as present", () => {
+  const writer = makeReplica("gw-a");
+  writer.create("arm-1", "welding-arm");
+  writer.flush();
+  const snapshot = writer.doc("arm-1").save();
+  const chunks: Uint8Array[] = [];
+  for (const value of [1, 2]) {
+    writer.write("arm-1", [{ op: "set", field: "joints.a1", value }], "owner");
+    writer.flush();
+    chunks.push(writer.doc("arm-1").saveIncremental());
+  }
+  const [newest] = writer.doc("arm-1").heads();
+  // Stored chunks with the middle one lost: the last change waits for it.
+  const held = TwinDoc.load("arm-1", [snapshot, chunks[1]!]);
+  equal(held.hasChanges([newest!]), false);
+  equal(TwinDoc.load("arm-1", [snapshot, ...chunks]).hasChanges([newest!]), true);
 });
