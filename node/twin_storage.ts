@@ -13,9 +13,9 @@
  * the event loop on the disk). A snapshot records the last log row it
  * covers (`log_seq`); a log row is deleted once every twin in it has a newer
  * snapshot, which happens in log order, at the table's head. A twin that
- * stops being written would keep old rows alive: once the log passes
- * {@link MAX_LOG_ROWS_FACTOR} × the compaction point, the twins in its
- * oldest row come due as well.
+ * stops being written would keep old rows alive: once the log holds
+ * {@link MAX_LOG_ROWS_FACTOR} × the compaction point rows, each append
+ * carries the oldest row's chunks that are still needed into its own row.
  *
  * @example
  * ```ts
@@ -102,10 +102,18 @@ export class TwinStorage {
         this.#db.exec("ALTER TABLE twin_snapshots ADD COLUMN log_seq INTEGER NOT NULL DEFAULT 0");
       }
       if (!legacy) return;
-      const insert = this.#db.prepare("INSERT INTO twin_log (data) VALUES (?)");
+      // After every row and every snapshot's log_seq: a chunk numbered at or
+      // below its twin's log_seq would be taken for one the snapshot covers.
+      let seq = Number(
+        this.#db.prepare(
+          "SELECT max(ifnull((SELECT max(seq) FROM twin_log), 0), " +
+            "ifnull((SELECT max(log_seq) FROM twin_snapshots), 0)) AS seq",
+        ).get()?.seq ?? 0,
+      );
+      const insert = this.#db.prepare("INSERT INTO twin_log (seq, data) VALUES (?, ?)");
       const chunks = this.#db.prepare("SELECT asset_id, data FROM twin_chunks ORDER BY seq");
-      for (const row of chunks.all()) {
-        insert.run(encodeRow([{ assetId: String(row.asset_id), bytes: toBytes(row.data) }]));
+      for (const row of chunks.iterate()) {
+        insert.run(++seq, encodeRow([{ assetId: String(row.asset_id), bytes: toBytes(row.data) }]));
       }
       this.#db.exec("DROP TABLE twin_chunks");
     });
@@ -141,7 +149,8 @@ export class TwinStorage {
         const list = out.get(assetId) ?? [];
         list.push(bytes);
         out.set(assetId, list);
-        this.#note(seq, assetId);
+        this.#place(seq, assetId);
+        this.#chunkCounts.set(assetId, (this.#chunkCounts.get(assetId) ?? 0) + 1);
       }
       if (!live) spent.push(seq);
     }
@@ -164,59 +173,92 @@ export class TwinStorage {
       "INSERT INTO twin_log (seq, data) VALUES (?, ?)",
     );
     const seq = this.#nextSeq;
-    insert.run(seq, encodeRow(chunks));
+    // At the bound, the chunks of the oldest row that twins still need move
+    // into this one: rarely written twins cannot hold rows (and the chunks
+    // of every other twin in them) without end.
+    const oldest = this.#rows.size >= MAX_LOG_ROWS_FACTOR * compactAfter
+      ? this.#oldestRow()
+      : undefined;
+    if (oldest) {
+      this.#transaction(() => {
+        insert.run(seq, encodeRow([...oldest.chunks, ...chunks]));
+        this.#deleteRows([oldest.seq]);
+      });
+    } else {
+      insert.run(seq, encodeRow(chunks));
+    }
     this.#nextSeq++;
-    const due: string[] = [];
-    for (const { assetId } of chunks) {
-      this.#note(seq, assetId);
-      if ((this.#chunkCounts.get(assetId) ?? 0) >= this.#limit(assetId, compactAfter)) {
-        due.push(assetId);
-        this.#limits.set(assetId, Infinity); // reported once, until compacted
+    if (oldest) {
+      this.#rows.delete(oldest.seq);
+      for (const { assetId } of oldest.chunks) {
+        this.#rowsOf.get(assetId)?.delete(oldest.seq);
+        this.#place(seq, assetId);
       }
     }
-    // Twins pinning the oldest row, written too rarely to come due by count.
-    if (this.#rows.size > MAX_LOG_ROWS_FACTOR * compactAfter) {
-      const [, oldest] = this.#rows.entries().next().value!;
-      for (const assetId of oldest) {
-        if (this.#limits.get(assetId) === Infinity) continue;
+    const due: string[] = [];
+    for (const { assetId } of chunks) {
+      this.#place(seq, assetId);
+      const count = (this.#chunkCounts.get(assetId) ?? 0) + 1;
+      this.#chunkCounts.set(assetId, count);
+      if (count >= this.#limit(assetId, compactAfter)) {
         due.push(assetId);
-        this.#limits.set(assetId, Infinity);
+        this.#limits.set(assetId, Infinity); // reported once, until compacted
       }
     }
     return due;
   }
 
-  /** Replaces a twin's snapshot; its chunks' log rows go once no other twin needs them. */
+  /** The oldest log row's seq and the chunks in it that no snapshot covers yet. */
+  #oldestRow(): { seq: number; chunks: TwinChunk[] } {
+    const [seq, live] = this.#rows.entries().next().value!;
+    const row = this.#db.prepare("SELECT data FROM twin_log WHERE seq = ?").get(seq);
+    assert(row !== undefined, "a log row still needed is in the table");
+    return { seq, chunks: decodeRow(toBytes(row.data)).filter((c) => live.has(c.assetId)) };
+  }
+
+  /**
+   * Replaces a twin's snapshot; its chunks' log rows go once no other twin
+   * needs them. Nothing in memory changes unless the transaction commits.
+   */
   compact(assetId: string, snapshot: Uint8Array): void {
     // Covers every row so far, including ones this twin has no chunk in.
     const logSeq = this.#nextSeq - 1;
-    const spent: number[] = [];
-    for (const seq of this.#rowsOf.get(assetId) ?? []) {
+    const rows = [...(this.#rowsOf.get(assetId) ?? [])];
+    const spent = rows.filter((seq) => {
+      const live = this.#rows.get(seq);
+      assert(live !== undefined && live.has(assetId), "a twin's rows list it as live");
+      return live.size === 1;
+    });
+    try {
+      this.#transaction(() => {
+        this.#db.prepare(
+          "INSERT INTO twin_snapshots (asset_id, data, log_seq) VALUES (?, ?, ?) " +
+            "ON CONFLICT (asset_id) DO UPDATE SET data = excluded.data, log_seq = excluded.log_seq",
+        ).run(assetId, snapshot, logSeq);
+        this.#deleteRows(spent);
+      });
+    } catch (error) {
+      this.#limits.delete(assetId); // comes due again at the next append
+      throw error;
+    }
+    for (const seq of rows) {
       const live = this.#rows.get(seq)!;
       live.delete(assetId);
-      if (live.size === 0) spent.push(seq);
+      if (live.size === 0) this.#rows.delete(seq);
     }
-    this.#transaction(() => {
-      this.#db.prepare(
-        "INSERT INTO twin_snapshots (asset_id, data, log_seq) VALUES (?, ?, ?) " +
-          "ON CONFLICT (asset_id) DO UPDATE SET data = excluded.data, log_seq = excluded.log_seq",
-      ).run(assetId, snapshot, logSeq);
-      this.#deleteRows(spent);
-    });
-    for (const seq of spent) this.#rows.delete(seq);
     this.#rowsOf.delete(assetId);
     this.#chunkCounts.set(assetId, 0);
     this.#limits.delete(assetId);
   }
 
-  #note(seq: number, assetId: string): void {
+  /** Records that row `seq` holds a chunk of `assetId` no snapshot covers. */
+  #place(seq: number, assetId: string): void {
     let live = this.#rows.get(seq);
     if (!live) this.#rows.set(seq, live = new Set());
     live.add(assetId);
     let rows = this.#rowsOf.get(assetId);
     if (!rows) this.#rowsOf.set(assetId, rows = new Set());
     rows.add(seq);
-    this.#chunkCounts.set(assetId, (this.#chunkCounts.get(assetId) ?? 0) + 1);
   }
 
   #deleteRows(seqs: readonly number[]): void {

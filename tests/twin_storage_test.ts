@@ -1,4 +1,4 @@
-import { deepStrictEqual, equal, ok } from "node:assert/strict";
+import { deepStrictEqual, equal, ok, throws } from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { MAX_LOG_ROWS_FACTOR, TwinStorage } from "../node/twin_storage.ts";
 import { makeReplica } from "./twin_test_util.ts";
@@ -173,26 +173,51 @@ Deno.test("a log row is deleted once every twin in it has a newer snapshot, and 
   deepStrictEqual(storage.loadAll().get("a"), [bytes(7)]);
 });
 
-Deno.test("twins written too rarely to come due by count are compacted once the log passes its bound", () => {
-  const storage = new TwinStorage(new DatabaseSync(":memory:"), { random: () => 0 });
+Deno.test("at its bound the log carries the oldest row's live chunks forward, and a reload still has every chunk", () => {
+  const db = new DatabaseSync(":memory:");
+  let storage = new TwinStorage(db, { random: () => 0 });
   storage.loadAll();
   const compactAfter = 10;
   const bound = MAX_LOG_ROWS_FACTOR * compactAfter;
-  // 20 twins in turn, one chunk per row: by count each would come due only
-  // after 10 × 20 rows, each row pinned by its one twin until then.
+  // 20 twins in turn, one chunk per row: none comes due by count (10 chunks
+  // each would take 200 rows), so every row stays needed.
   const twins = Array.from({ length: 20 }, (_, i) => `arm-${i}`);
-  const firstDue: Array<{ row: number; assetId: string }> = [];
-  let maxRows = 0;
+  const written = new Map<string, Uint8Array[]>();
   for (let row = 1; row <= 150; row++) {
     const assetId = twins[row % twins.length]!;
-    for (const due of storage.appendChunks([{ assetId, bytes: bytes(row % 256) }], compactAfter)) {
-      if (firstDue.length === 0) firstDue.push({ row, assetId: due });
-      storage.compact(due, bytes(0));
-    }
-    maxRows = Math.max(maxRows, storage.logRows());
+    const chunk = bytes(row % 256, row >> 8);
+    written.set(assetId, [...(written.get(assetId) ?? []), chunk]);
+    deepStrictEqual(storage.appendChunks([{ assetId, bytes: chunk }], compactAfter), []);
+    ok(storage.logRows() <= bound, `log rows ${storage.logRows()} at append ${row}`);
   }
-  deepStrictEqual(firstDue, [{ row: bound + 1, assetId: twins[1] }], "the oldest row's twin");
-  ok(maxRows <= bound + 1, `log rows stayed at most ${bound + 1}: ${maxRows}`);
+  equal(logRowsInTable(db), bound);
+  storage = new TwinStorage(db);
+  const loaded = storage.loadAll();
+  for (const assetId of twins) {
+    const key = (chunks: Uint8Array[]) => chunks.map((c) => c.join(",")).sort();
+    deepStrictEqual(key(loaded.get(assetId)!), key(written.get(assetId)!), assetId);
+    equal(storage.chunkCount(assetId), written.get(assetId)!.length);
+  }
+});
+
+Deno.test("a compaction whose transaction fails keeps every chunk, and the twin comes due again", () => {
+  const db = new DatabaseSync(":memory:");
+  const storage = new TwinStorage(db, { random: () => 0 });
+  storage.loadAll();
+  storage.appendChunks([{ assetId: "a", bytes: bytes(1) }, { assetId: "b", bytes: bytes(2) }], 2);
+  deepStrictEqual(storage.appendChunks([{ assetId: "a", bytes: bytes(3) }], 2), ["a"]);
+  db.exec(
+    "CREATE TRIGGER no_snapshots BEFORE INSERT ON twin_snapshots BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+  );
+  throws(() => storage.compact("a", bytes(9)), /disk full/);
+  db.exec("DROP TRIGGER no_snapshots");
+  storage.compact("b", bytes(8));
+  equal(logRowsInTable(db), 2, "the row a still needs stays");
+  deepStrictEqual(new TwinStorage(db).loadAll().get("a"), [bytes(1), bytes(3)]);
+  deepStrictEqual(storage.appendChunks([{ assetId: "a", bytes: bytes(4) }], 2), ["a"]);
+  storage.compact("a", bytes(7));
+  equal(logRowsInTable(db), 0);
+  deepStrictEqual(new TwinStorage(db).loadAll().get("a"), [bytes(7)]);
 });
 
 Deno.test("a data directory from before the log loads the same chunks", () => {
@@ -218,4 +243,19 @@ Deno.test("a data directory from before the log loads the same chunks", () => {
   );
   storage.compact("a", bytes(7));
   deepStrictEqual(new TwinStorage(db).loadAll().get("a"), [bytes(7)]);
+});
+
+Deno.test("chunks migrated after a downgrade are numbered after every snapshot's log_seq", () => {
+  const db = new DatabaseSync(":memory:");
+  const storage = new TwinStorage(db);
+  storage.loadAll();
+  storage.appendChunks([{ assetId: "a", bytes: bytes(1) }]);
+  storage.appendChunks([{ assetId: "a", bytes: bytes(2) }]);
+  storage.compact("a", bytes(9)); // log_seq 2, log empty
+  // An older gateway wrote chunks to its own table meanwhile.
+  db.exec(
+    `CREATE TABLE twin_chunks (seq INTEGER PRIMARY KEY AUTOINCREMENT, asset_id TEXT NOT NULL, data BLOB NOT NULL)`,
+  );
+  db.prepare("INSERT INTO twin_chunks (asset_id, data) VALUES (?, ?)").run("a", bytes(3));
+  deepStrictEqual(new TwinStorage(db).loadAll().get("a"), [bytes(9), bytes(3)]);
 });
