@@ -179,11 +179,11 @@ Deno.test("at its bound the log carries the oldest row's live chunks forward, an
   storage.loadAll();
   const compactAfter = 10;
   const bound = MAX_LOG_ROWS_FACTOR * compactAfter;
-  // 20 twins in turn, one chunk per row: none comes due by count (10 chunks
-  // each would take 200 rows), so every row stays needed.
-  const twins = Array.from({ length: 20 }, (_, i) => `arm-${i}`);
+  // 40 twins in turn, one chunk per row: none comes due by count (10 chunks
+  // each would take 400 rows), so every row stays needed.
+  const twins = Array.from({ length: 40 }, (_, i) => `arm-${i}`);
   const written = new Map<string, Uint8Array[]>();
-  for (let row = 1; row <= 150; row++) {
+  for (let row = 1; row <= 300; row++) {
     const assetId = twins[row % twins.length]!;
     const chunk = bytes(row % 256, row >> 8);
     written.set(assetId, [...(written.get(assetId) ?? []), chunk]);
@@ -258,4 +258,20 @@ Deno.test("chunks migrated after a downgrade are numbered after every snapshot's
   );
   db.prepare("INSERT INTO twin_chunks (asset_id, data) VALUES (?, ?)").run("a", bytes(3));
   deepStrictEqual(new TwinStorage(db).loadAll().get("a"), [bytes(9), bytes(3)]);
+});
+
+Deno.test("a twin loads the same from its chunks in any order (the log may carry old chunks forward)", () => {
+  const replica = makeReplica("gw-a");
+  replica.create("arm-1", "welding-arm");
+  replica.flush();
+  const chunks = [replica.doc("arm-1").save()];
+  for (let i = 0; i < 20; i++) {
+    replica.write("arm-1", [{ op: "increment", field: "weldCount", delta: 1 }], "owner");
+    replica.flush();
+    chunks.push(replica.doc("arm-1").saveIncremental());
+  }
+  const reloaded = makeReplica("gw-a");
+  reloaded.load("arm-1", [chunks[0]!, ...chunks.slice(1).reverse()]);
+  deepStrictEqual(reloaded.doc("arm-1").heads(), replica.doc("arm-1").heads());
+  equal(reloaded.state("arm-1").fields.weldCount?.value, 20);
 });
