@@ -282,14 +282,19 @@ interface RunResult {
   samples: Sample[];
   /** Write→visible of the followed writes during the warm-up (not in the figures). */
   warmupVisibleMs: number[];
+  warmupNotVisible: number;
   postMs: number[];
   pollRtts: number[];
   writes: number;
+  /** Writes issued after the warm-up. */
+  recordedWrites: number;
   writeErrors: number;
   notVisible: number;
   behindTicks: number;
   elapsedS: number;
-  /** CPU seconds the gateways / this process used during the run. */
+  /** Length of the window after the warm-up that CPU and disk figures cover. */
+  usageS: number;
+  /** CPU seconds the gateways / this process used after the warm-up. */
   gatewayCpuS: number | null;
   gatewayWriteBytes: number | null;
   benchCpuS: number | null;
@@ -306,13 +311,16 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
   const result: RunResult = {
     samples: [],
     warmupVisibleMs: [],
+    warmupNotVisible: 0,
     postMs: [],
     pollRtts: [],
     writes: 0,
+    recordedWrites: 0,
     writeErrors: 0,
     notVisible: 0,
     behindTicks: 0,
     elapsedS: 0,
+    usageS: 0,
     gatewayCpuS: null,
     gatewayWriteBytes: null,
     benchCpuS: null,
@@ -321,9 +329,14 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
     loopLagMaxMs: null,
   };
   const gatewayPids = gateways.map((g) => g.child.pid);
-  const gatewayCpuBefore = total(gatewayPids, cpuSeconds);
-  const gatewayWritesBefore = total(gatewayPids, writeBytes);
-  const benchCpuBefore = cpuSeconds(Deno.pid);
+  const usage = () => ({
+    atMs: performance.now(),
+    gatewayCpuS: total(gatewayPids, cpuSeconds),
+    gatewayWriteBytes: total(gatewayPids, writeBytes),
+    benchCpuS: cpuSeconds(Deno.pid),
+  });
+  // CPU and disk figures cover the same window as the latency figures.
+  let usageBefore: ReturnType<typeof usage> | undefined;
   const follows: Promise<void>[] = [];
   let inFlight = 0;
   let seq = 0;
@@ -355,6 +368,7 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
       inFlight--;
     }
     result.writes++;
+    if (recorded) result.recordedWrites++;
     if (!followed) return;
     if (recorded) result.postMs.push(performance.now() - issuedAt);
     const field = `setpoints.${setpoint}`;
@@ -366,6 +380,7 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
           .then((sample) => {
             if (!recorded) {
               if (sample) result.warmupVisibleMs.push(sample.visibleMs);
+              else result.warmupNotVisible++;
               return;
             }
             if (sample) result.samples.push(sample);
@@ -394,6 +409,7 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
       continue; // the gateways do not keep up: skip (counted) instead of queueing without bound
     }
     const warm = performance.now() - startedAt >= options.warmupS * 1000;
+    if (warm) usageBefore ??= usage();
     for (; seq < due; seq++) {
       pending.push(write(seq, seq % options.sampleEvery === 0, warm));
     }
@@ -401,19 +417,19 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
   await Promise.all(pending);
   clearInterval(lagSampler);
   result.elapsedS = (performance.now() - startedAt) / 1000;
+  const usageAfter = usage();
+  if (usageBefore) {
+    const { atMs, ...before } = usageBefore;
+    const spent = (key: keyof typeof before) => {
+      const [from, to] = [before[key], usageAfter[key]];
+      return from === null || to === null ? null : to - from;
+    };
+    result.usageS = (usageAfter.atMs - atMs) / 1000;
+    result.gatewayCpuS = spent("gatewayCpuS");
+    result.gatewayWriteBytes = spent("gatewayWriteBytes");
+    result.benchCpuS = spent("benchCpuS");
+  }
   await Promise.all(follows);
-  const gatewayCpuAfter = total(gatewayPids, cpuSeconds);
-  const gatewayWritesAfter = total(gatewayPids, writeBytes);
-  if (gatewayWritesBefore !== null && gatewayWritesAfter !== null) {
-    result.gatewayWriteBytes = gatewayWritesAfter - gatewayWritesBefore;
-  }
-  const benchCpuAfter = cpuSeconds(Deno.pid);
-  if (gatewayCpuBefore !== null && gatewayCpuAfter !== null) {
-    result.gatewayCpuS = gatewayCpuAfter - gatewayCpuBefore;
-  }
-  if (benchCpuBefore !== null && benchCpuAfter !== null) {
-    result.benchCpuS = benchCpuAfter - benchCpuBefore;
-  }
   result.loadAverage = loadAverage();
   result.counters = await twinCounters(gateways);
   return result;
@@ -490,15 +506,19 @@ function printTable(result: RunResult, options: Options): void {
   console.log(`| achieved writes/s | ${round(result.writes / result.elapsedS)} |`);
   console.log(`| writer ticks skipped (gateways behind) | ${result.behindTicks} |`);
   console.log(`| samples (write × other gateway) | ${result.samples.length} |`);
-  console.log(`| not visible within ${VISIBLE_TIMEOUT_MS} ms | ${result.notVisible} |`);
+  console.log(
+    `| not visible within ${VISIBLE_TIMEOUT_MS} ms (in the warm-up) | ${result.notVisible} ` +
+      `(${result.warmupNotVisible}) |`,
+  );
   console.log(`| twin publish interval (gateway default) | ${PUBLISH_INTERVAL_MS} ms |`);
-  const perS = (cpuS: number | null) => cpuS === null ? "n/a" : round(cpuS / result.elapsedS);
+  const perS = (cpuS: number | null) => perSecond(cpuS, result) ?? "n/a";
+  console.log(`| after the warm-up: | |`);
   console.log(`| gateway CPU, cores busy (all ${GATEWAYS}) | ${perS(result.gatewayCpuS)} |`);
   console.log(
     `| gateway CPU per acknowledged write | ${
-      result.gatewayCpuS === null
+      result.gatewayCpuS === null || result.recordedWrites === 0
         ? "n/a"
-        : `${round((result.gatewayCpuS * 1000) / result.writes)} ms`
+        : `${round((result.gatewayCpuS * 1000) / result.recordedWrites)} ms`
     } |`,
   );
   console.log(`| bench process CPU, cores busy | ${perS(result.benchCpuS)} |`);
@@ -514,9 +534,14 @@ function printTable(result: RunResult, options: Options): void {
   );
 }
 
+/** `amount` per second of the window after the warm-up. */
+function perSecond(amount: number | null, result: RunResult): number | null {
+  return amount === null || result.usageS <= 0 ? null : round(amount / result.usageS);
+}
+
 function diskMbPerS(result: RunResult): number | null {
-  if (result.gatewayWriteBytes === null) return null;
-  return Math.round((result.gatewayWriteBytes / GATEWAYS / result.elapsedS / 1e6) * 100) / 100;
+  const bytesPerS = perSecond(result.gatewayWriteBytes, result);
+  return bytesPerS === null ? null : Math.round((bytesPerS / GATEWAYS / 1e6) * 100) / 100;
 }
 
 /** Entry point for the bench dispatcher and for direct runs. */
@@ -551,9 +576,7 @@ export async function main(args: string[]): Promise<TwinsBenchReport> {
     not_visible: result.notVisible,
     publish_interval_ms: PUBLISH_INTERVAL_MS,
     telemetry_hz: options.telemetryHz,
-    gateway_cpu_cores: result.gatewayCpuS === null
-      ? null
-      : round(result.gatewayCpuS / result.elapsedS),
+    gateway_cpu_cores: perSecond(result.gatewayCpuS, result),
     load_average: result.loadAverage,
     sync_sessions: result.counters?.twinmesh_twins_sync_sessions ?? null,
     loop_lag_max_ms: result.loopLagMaxMs,
