@@ -87,10 +87,16 @@ export class TwinStorage {
       );
     `);
     this.#migrate();
-    const newest = this.#db.prepare(
-      "SELECT max((SELECT max(seq) FROM twin_log), (SELECT max(log_seq) FROM twin_snapshots)) AS seq",
+    this.#nextSeq = this.#highestSeq() + 1;
+  }
+
+  /** The highest log row seq or snapshot `log_seq` stored (0 when none). */
+  #highestSeq(): number {
+    const row = this.#db.prepare(
+      "SELECT max(ifnull((SELECT max(seq) FROM twin_log), 0), " +
+        "ifnull((SELECT max(log_seq) FROM twin_snapshots), 0)) AS seq",
     ).get();
-    this.#nextSeq = Number(newest?.seq ?? 0) + 1;
+    return Number(row?.seq ?? 0);
   }
 
   /**
@@ -111,12 +117,7 @@ export class TwinStorage {
       if (!legacy) return;
       // After every row and every snapshot's log_seq: a chunk numbered at or
       // below its twin's log_seq would be taken for one the snapshot covers.
-      let seq = Number(
-        this.#db.prepare(
-          "SELECT max(ifnull((SELECT max(seq) FROM twin_log), 0), " +
-            "ifnull((SELECT max(log_seq) FROM twin_snapshots), 0)) AS seq",
-        ).get()?.seq ?? 0,
-      );
+      let seq = this.#highestSeq();
       const insert = this.#db.prepare("INSERT INTO twin_log (seq, data) VALUES (?, ?)");
       const chunks = this.#db.prepare("SELECT asset_id, data FROM twin_chunks ORDER BY seq");
       for (const row of chunks.iterate()) {

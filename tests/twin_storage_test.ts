@@ -275,3 +275,14 @@ Deno.test("a twin loads the same from its chunks in any order (the log may carry
   deepStrictEqual(reloaded.doc("arm-1").heads(), replica.doc("arm-1").heads());
   equal(reloaded.state("arm-1").fields.weldCount?.value, 20);
 });
+
+Deno.test("an append right after opening numbers its row after every snapshot, even with the log empty", () => {
+  const db = new DatabaseSync(":memory:");
+  const first = new TwinStorage(db);
+  first.loadAll();
+  first.appendChunks([{ assetId: "a", bytes: bytes(1) }]);
+  first.appendChunks([{ assetId: "a", bytes: bytes(2) }]);
+  first.compact("a", bytes(9)); // log_seq 2, log empty
+  new TwinStorage(db).appendChunks([{ assetId: "a", bytes: bytes(3) }]); // no loadAll first
+  deepStrictEqual(new TwinStorage(db).loadAll().get("a"), [bytes(9), bytes(3)]);
+});
