@@ -391,6 +391,18 @@ class DefaultTwinService implements TwinService {
   #forwardTimer: ReturnType<typeof setTimeout> | undefined;
   /** Twins past their chunk limit, compacted a few per tick. */
   #compactDue = new Set<string>();
+  /**
+   * Twins whose next store must be a snapshot, before any chunk of theirs:
+   * ones in a new epoch, and ones whose compaction failed after `save()`
+   * had moved Automerge's incremental-save point past unstored changes.
+   */
+  #snapshotOwed = new Set<string>();
+  /**
+   * Chunks a failed append did not store. Each chunk builds on the twin's
+   * previous one, so they go first into the next append: a gap would make
+   * the twin unloadable after a restart.
+   */
+  #unstored: TwinChunk[] = [];
   /** Peers whose catch-up waits for connections to settle (see CONNECT_SYNC_DELAY_MS). */
   #connectPending = new Map<string, PeerId>();
   #connectTimer: ReturnType<typeof setTimeout> | undefined;
@@ -715,17 +727,30 @@ class DefaultTwinService implements TwinService {
     }
   }
 
+  /**
+   * Stores what changed since the last tick. A step that throws (a full or
+   * failing disk) leaves what it did not store queued for the next tick
+   * rather than lost.
+   */
   #persist(): void {
     const storage = this.#storage;
     if (!storage) return;
-    // A twin in a new epoch is a new document: its snapshot replaces the old one's chunks.
-    for (const assetId of this.#replica.drainReplaced()) this.#compact(assetId);
-    const chunks: TwinChunk[] = [];
+    // A twin in a new epoch is a new document: its snapshot replaces the old
+    // one's chunks, and old-epoch chunks not stored yet are not wanted.
+    const replaced = new Set(this.#replica.drainReplaced());
+    for (const assetId of replaced) this.#snapshotOwed.add(assetId);
+    if (replaced.size > 0) this.#unstored = this.#unstored.filter((c) => !replaced.has(c.assetId));
+    for (const assetId of this.#snapshotOwed) {
+      this.#compact(assetId);
+      this.#snapshotOwed.delete(assetId);
+    }
     for (const assetId of this.#replica.drainDirty()) {
       const bytes = this.#replica.doc(assetId).saveIncremental();
-      if (bytes.length > 0) chunks.push({ assetId, bytes });
+      if (bytes.length > 0) this.#unstored.push({ assetId, bytes });
     }
+    const chunks = this.#unstored;
     const due = storage.appendChunks(chunks, this.#init.compactAfterChunks);
+    this.#unstored = [];
     this.#counters.persisted_chunks += chunks.length;
     for (const assetId of due) this.#compactDue.add(assetId);
     // Twins written at the same rate come due in the same tick; a few per
@@ -734,23 +759,27 @@ class DefaultTwinService implements TwinService {
     for (const assetId of this.#compactDue) {
       if (budget-- === 0) break;
       this.#compactDue.delete(assetId);
-      this.#compact(assetId);
+      try {
+        this.#compact(assetId);
+      } catch (error) {
+        this.#snapshotOwed.add(assetId);
+        throw error;
+      }
     }
   }
 
+  /** Stores a snapshot of the twin in place of its chunks. */
   #compact(assetId: string): void {
     const storage = this.#storage;
     if (!storage) return;
-    const doc = this.#replica.doc(assetId);
-    // Chunks not yet appended would be lost by the delete: fold them in first.
-    doc.saveIncremental();
-    storage.compact(assetId, doc.save());
+    storage.compact(assetId, this.#replica.doc(assetId).save());
     this.#counters.compactions++;
   }
 
   #compactAll(): void {
     for (const assetId of this.#replica.ids()) {
-      if ((this.#storage?.chunkCount(assetId) ?? 0) > 0) this.#compact(assetId);
+      const owed = this.#snapshotOwed.delete(assetId);
+      if (owed || (this.#storage?.chunkCount(assetId) ?? 0) > 0) this.#compact(assetId);
     }
   }
 

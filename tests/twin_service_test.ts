@@ -1,4 +1,4 @@
-import { deepStrictEqual, equal, ok, throws } from "node:assert/strict";
+import { deepStrictEqual, equal, ok, rejects, throws } from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { lpStream } from "@libp2p/utils";
 import { HybridLogicalClock } from "../protocols/hlc.ts";
@@ -316,6 +316,40 @@ Deno.test({
         await second.stop();
       }
     } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "chunks a failed append did not store go with the next one: the file loads after a crash",
+  ...options,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "twin_service_" });
+    const dbPath = `${dir}/gateway.db`;
+    const gateway = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }], { dbPath });
+    try {
+      const tick = async () => {
+        gateway.service.writeMeasured("arm-1", { counters: { runtimeMs: 40 } });
+        await gateway.service.flushNow();
+      };
+      await tick();
+      gateway.db.exec(
+        "CREATE TRIGGER disk_full BEFORE INSERT ON twin_log BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+      );
+      await rejects(tick(), /disk full/);
+      gateway.db.exec("DROP TRIGGER disk_full");
+      await tick();
+      // A crash now: another process opens the file as it is.
+      const after = new DatabaseSync(dbPath);
+      try {
+        const replica = new TwinStorage(after).loadAll().get("arm-1")!;
+        equal(TwinDoc.load("arm-1", replica).resolve().fields.runtimeMs?.value, 120);
+      } finally {
+        after.close();
+      }
+    } finally {
+      await gateway.stop();
       await Deno.remove(dir, { recursive: true });
     }
   },
