@@ -12,8 +12,8 @@
  * 8 MB/s of WAL per gateway under `bench twins` (flash wear, and stalls of
  * the event loop on the disk). A snapshot records the last log row it
  * covers (`log_seq`); a log row is deleted once every twin in it has a newer
- * snapshot, which happens in log order, at the table's head. A twin that
- * stops being written would keep old rows alive: once the log holds
+ * snapshot, mostly in log order. A twin that stops being written would keep
+ * old rows alive: once the log holds
  * {@link MAX_LOG_ROWS_FACTOR} × the compaction point rows, each append
  * carries the oldest row's chunks that are still needed into its own row.
  *
@@ -59,7 +59,8 @@ export class TwinStorage {
   /** Per twin, the chunk count that makes it due this time (see appendChunks). */
   #limits = new Map<string, number>();
   #random: () => number;
-  #insertRow: StatementSync | undefined;
+  /** Statements of the per-tick paths, prepared once. */
+  #prepared = new Map<string, StatementSync>();
   /** Per log row still needed, the twins whose chunks in it no snapshot covers yet. */
   #rows = new Map<number, Set<string>>();
   /** Per twin, the log rows holding its chunks since its snapshot. */
@@ -129,27 +130,26 @@ export class TwinStorage {
 
   /**
    * Every stored twin: its snapshot (if any) followed by its chunks in append
-   * order. Call once before appending: it also learns which rows each twin
-   * holds (rows appended before it are otherwise kept until the next load).
+   * order. Call it before appending: it also learns which rows each twin
+   * holds, without which rows stored earlier are never carried forward or
+   * deleted.
    */
   loadAll(): Map<string, Uint8Array[]> {
     const out = new Map<string, Uint8Array[]>();
     const covered = new Map<string, number>();
     this.#chunkCounts.clear();
+    this.#limits.clear();
     this.#rows.clear();
     this.#rowsOf.clear();
-    this.#nextSeq = 1;
     const snapshots = this.#db.prepare("SELECT asset_id, data, log_seq FROM twin_snapshots");
     for (const row of snapshots.all()) {
       const assetId = String(row.asset_id);
       out.set(assetId, [toBytes(row.data)]);
       covered.set(assetId, Number(row.log_seq));
-      this.#nextSeq = Math.max(this.#nextSeq, Number(row.log_seq) + 1);
     }
     const spent: number[] = [];
     for (const row of this.#db.prepare("SELECT seq, data FROM twin_log ORDER BY seq").all()) {
       const seq = Number(row.seq);
-      this.#nextSeq = Math.max(this.#nextSeq, seq + 1);
       let live = false;
       for (const { assetId, bytes } of decodeRow(toBytes(row.data))) {
         if (seq <= (covered.get(assetId) ?? 0)) continue; // in the twin's snapshot
@@ -163,6 +163,7 @@ export class TwinStorage {
       if (!live) spent.push(seq);
     }
     if (spent.length > 0) this.#transaction(() => this.#deleteRows(spent));
+    this.#nextSeq = this.#highestSeq() + 1;
     return out;
   }
 
@@ -176,10 +177,7 @@ export class TwinStorage {
    */
   appendChunks(chunks: readonly TwinChunk[], compactAfter = COMPACT_AFTER_CHUNKS): string[] {
     if (chunks.length === 0) return [];
-    // Prepared once: this runs at every publish tick.
-    const insert = this.#insertRow ??= this.#db.prepare(
-      "INSERT INTO twin_log (seq, data) VALUES (?, ?)",
-    );
+    const insert = this.#prepare("INSERT INTO twin_log (seq, data) VALUES (?, ?)");
     const seq = this.#nextSeq;
     // At the bound, the chunks of the oldest row that twins still need move
     // into this one: rarely written twins cannot hold rows (and the chunks
@@ -219,7 +217,7 @@ export class TwinStorage {
   /** The oldest log row's seq and the chunks in it that no snapshot covers yet. */
   #oldestRow(): { seq: number; chunks: TwinChunk[] } {
     const [seq, live] = this.#rows.entries().next().value!;
-    const row = this.#db.prepare("SELECT data FROM twin_log WHERE seq = ?").get(seq);
+    const row = this.#prepare("SELECT data FROM twin_log WHERE seq = ?").get(seq);
     assert(row !== undefined, "a log row still needed is in the table");
     return { seq, chunks: decodeRow(toBytes(row.data)).filter((c) => live.has(c.assetId)) };
   }
@@ -239,7 +237,7 @@ export class TwinStorage {
     });
     try {
       this.#transaction(() => {
-        this.#db.prepare(
+        this.#prepare(
           "INSERT INTO twin_snapshots (asset_id, data, log_seq) VALUES (?, ?, ?) " +
             "ON CONFLICT (asset_id) DO UPDATE SET data = excluded.data, log_seq = excluded.log_seq",
         ).run(assetId, snapshot, logSeq);
@@ -269,8 +267,14 @@ export class TwinStorage {
     rows.add(seq);
   }
 
+  #prepare(sql: string): StatementSync {
+    let statement = this.#prepared.get(sql);
+    if (!statement) this.#prepared.set(sql, statement = this.#db.prepare(sql));
+    return statement;
+  }
+
   #deleteRows(seqs: readonly number[]): void {
-    const remove = this.#db.prepare("DELETE FROM twin_log WHERE seq = ?");
+    const remove = this.#prepare("DELETE FROM twin_log WHERE seq = ?");
     for (const seq of seqs) remove.run(seq);
   }
 
@@ -288,7 +292,7 @@ export class TwinStorage {
     return this.#chunkCounts.get(assetId) ?? 0;
   }
 
-  /** Log rows stored (each holds one append's chunks still needed by some twin). */
+  /** Log rows still needed by some twin. */
   logRows(): number {
     return this.#rows.size;
   }
@@ -313,7 +317,9 @@ export class TwinStorage {
       work();
       this.#db.exec("COMMIT");
     } catch (error) {
-      this.#db.exec("ROLLBACK");
+      // SQLite rolls back by itself after some errors (a full disk, I/O):
+      // a ROLLBACK then would throw instead of the error that matters.
+      if (this.#db.isTransaction) this.#db.exec("ROLLBACK");
       throw error;
     }
   }
