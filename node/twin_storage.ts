@@ -157,8 +157,7 @@ export class TwinStorage {
         const list = out.get(assetId) ?? [];
         list.push(bytes);
         out.set(assetId, list);
-        this.#place(seq, assetId);
-        this.#chunkCounts.set(assetId, (this.#chunkCounts.get(assetId) ?? 0) + 1);
+        this.#addChunk(seq, assetId);
       }
       if (!live) spent.push(seq);
     }
@@ -203,10 +202,7 @@ export class TwinStorage {
     }
     const due: string[] = [];
     for (const { assetId } of chunks) {
-      this.#place(seq, assetId);
-      const count = (this.#chunkCounts.get(assetId) ?? 0) + 1;
-      this.#chunkCounts.set(assetId, count);
-      if (count >= this.#limit(assetId, compactAfter)) {
+      if (this.#addChunk(seq, assetId) >= this.#limit(assetId, compactAfter)) {
         due.push(assetId);
         this.#limits.set(assetId, Infinity); // reported once, until compacted
       }
@@ -255,6 +251,14 @@ export class TwinStorage {
     this.#rowsOf.delete(assetId);
     this.#chunkCounts.set(assetId, 0);
     this.#limits.delete(assetId);
+  }
+
+  /** Records a new chunk of `assetId` in row `seq`; returns the twin's chunk count. */
+  #addChunk(seq: number, assetId: string): number {
+    this.#place(seq, assetId);
+    const count = (this.#chunkCounts.get(assetId) ?? 0) + 1;
+    this.#chunkCounts.set(assetId, count);
+    return count;
   }
 
   /** Records that row `seq` holds a chunk of `assetId` no snapshot covers. */
