@@ -514,7 +514,10 @@ async function assemble(
   });
 
   const server: HttpServerHandle = serveHttp(http, router, log.child("http"), tracer);
-  cleanups.unshift(["http", () => server.shutdown()]);
+  cleanups.unshift(["http", () => {
+    twins.watchers.close(); // shutdown waits for open requests: answer the waiting reads now
+    return server.shutdown();
+  }]);
   log.info("gateway started", {
     ...identity,
     http: server.address,

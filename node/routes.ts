@@ -2,7 +2,7 @@
  * The HTTP API's routes. Each handler validates its input and maps service
  * errors to 4xx with a JSON body naming the field (see README.md).
  */
-import { HttpError, type Router } from "./http.ts";
+import { HttpError, jsonResponse, type Router } from "./http.ts";
 import type { EstopTarget } from "../protocols/estop_codec.ts";
 import { formatTimestamp, type HybridLogicalClock } from "../protocols/hlc.ts";
 import { TwinValidationError } from "../protocols/twin_model.ts";
@@ -14,6 +14,7 @@ import type { GatewayIdentity, Mesh } from "./mesh.ts";
 import type { GatewayMetrics } from "./metrics.ts";
 import { type TwinService, UnknownTwinError } from "./twin_service.ts";
 import type { Tracer } from "./trace.ts";
+import { MAX_TWIN_WAIT_S, MAX_TWIN_WATCHERS } from "./twin_watch.ts";
 
 export interface RouteDeps {
   peerId: string;
@@ -104,7 +105,7 @@ export function registerRoutes(router: Router, deps: RouteDeps): void {
     return { status: 202, body: { assetId: arm.id, kind, durationS } };
   });
   router.get("/twins", () => twins.list());
-  router.get("/twins/:id", ({ params }) => twinCall(() => twins.get(params.id!)));
+  router.get("/twins/:id", ({ params, request }) => readTwin(twins, params.id!, request));
   router.get(
     "/twins/:id/history",
     ({ params, url }) =>
@@ -160,6 +161,53 @@ export function registerRoutes(router: Router, deps: RouteDeps): void {
     const limit = intParam(url, "limit", 100, 1, 1000);
     return detection.recent(limit, url.searchParams.get("asset") ?? undefined);
   });
+}
+
+/** In every ETag: a restarted gateway numbers its twins' versions afresh. */
+const BOOT_TAG = crypto.randomUUID().slice(0, 8);
+
+/**
+ * `GET /twins/:id`, with an `ETag`. A request whose `If-None-Match` names the
+ * current ETag gets 304; with `Prefer: wait=N` as well, the answer waits up
+ * to N seconds for the twin to change (then 200 with the new state) instead.
+ */
+async function readTwin(twins: TwinService, id: string, request: Request): Promise<Response> {
+  const etagNow = () => `"${BOOT_TAG}-${twinCall(() => twins.version(id))}"`;
+  let etag = etagNow();
+  const asked = request.headers.get("if-none-match");
+  if (asked !== null && etagMatches(asked, etag)) {
+    const waitS = preferredWaitS(request.headers.get("prefer"));
+    if (waitS > 0) {
+      const waiting = twins.watchers.wait(id, waitS * 1000);
+      if (!waiting) {
+        throw new HttpError(503, `${MAX_TWIN_WATCHERS} reads are waiting already; retry`);
+      }
+      await waiting;
+      etag = etagNow();
+    }
+    if (etagMatches(asked, etag)) return new Response(null, { status: 304, headers: { etag } });
+  }
+  const response = jsonResponse(twinCall(() => twins.get(id)));
+  response.headers.set("etag", etag);
+  return response;
+}
+
+/** `If-None-Match`: `*` or a list of (possibly weak) ETags. */
+function etagMatches(header: string, etag: string): boolean {
+  return header.split(",").some((tag) => {
+    const trimmed = tag.trim();
+    return trimmed === "*" || trimmed.replace(/^W\//, "") === etag;
+  });
+}
+
+/** Seconds of RFC 7240 `Prefer: wait=N` (capped), 0 when absent or unreadable (ignored, as the RFC asks). */
+export function preferredWaitS(header: string | null): number {
+  if (header === null) return 0;
+  for (const preference of header.split(",")) {
+    const match = /^\s*wait\s*=\s*"?(\d+(?:\.\d+)?)"?\s*$/i.exec(preference);
+    if (match) return Math.min(Number(match[1]), MAX_TWIN_WAIT_S);
+  }
+  return 0;
 }
 
 /** Maps twin errors to HTTP: unknown twin → 404, bad field → 400 naming it. */

@@ -54,6 +54,7 @@ import {
   type TwinSyncTarget,
 } from "../protocols/twin_sync.ts";
 import { COMPACT_AFTER_CHUNKS, type TwinChunk, TwinStorage } from "./twin_storage.ts";
+import { TwinWatchers } from "./twin_watch.ts";
 
 export { UnknownTwinError } from "../protocols/twin_replica.ts";
 export { TwinValidationError } from "../protocols/twin_model.ts";
@@ -267,6 +268,10 @@ export interface TwinService {
   /** How many twins {@link TwinService.list} shows, without resolving them. */
   count(): number;
   get(id: string): TwinView;
+  /** Differs whenever the twin may have changed since it was read; throws UnknownTwinError. */
+  version(id: string): number;
+  /** Reads waiting for a twin to change (`GET /twins/:id` with `Prefer: wait`). */
+  readonly watchers: TwinWatchers;
   command(id: string, body: unknown): { hlc: string };
   history(id: string, limit: number): TwinHistoryEntry[];
   writeMeasured(id: string, update: MeasuredUpdate): { hlc: string };
@@ -342,6 +347,7 @@ interface CommandView {
 }
 
 class DefaultTwinService implements TwinService {
+  readonly watchers = new TwinWatchers();
   #init: Required<Omit<TwinServiceInit, "replicate" | "rebaseAfterOps">>;
   #components: TwinServiceComponents;
   #replica: TwinReplica;
@@ -425,6 +431,7 @@ class DefaultTwinService implements TwinService {
     this.#replica = new TwinReplica({
       replicate,
       ...(init.rebaseAfterOps ? { rebaseAfterOps: init.rebaseAfterOps } : {}),
+      onChanged: (assetId) => this.watchers.changed(assetId),
     }, components);
     this.#owned = new Map(components.ownedAssets.map((asset) => [asset.id, asset]));
     this.#topics = new Map(this.#replica.factories.map((f) => [twinTopic(f), f]));
@@ -482,6 +489,7 @@ class DefaultTwinService implements TwinService {
     libp2p.services.pubsub.removeEventListener("message", this.#onGossip);
     for (const topic of this.#topics.keys()) libp2p.services.pubsub.unsubscribe(topic);
     await libp2p.unhandle(TWIN_SYNC_PROTOCOL);
+    this.watchers.close();
     this.#abort.abort(new Error("twin service stopping"));
     await Promise.allSettled([...this.#syncing.values(), ...this.#inbound]);
     await this.flushNow();
@@ -518,6 +526,11 @@ class DefaultTwinService implements TwinService {
       fields[name] = { value: field.value, hlc: formatTimestamp(field.hlc) };
     }
     return { ...summaryOf(state), factory: state.meta.factory ?? "", fields };
+  }
+
+  version(id: string): number {
+    this.#knownKind(id);
+    return this.#replica.version(id);
   }
 
   command(id: string, body: unknown): { hlc: string } {

@@ -94,6 +94,12 @@ export interface TwinReplicaInit {
   maxTwins?: number;
   /** See {@link REBASE_AFTER_OPS}. */
   rebaseAfterOps?: number;
+  /**
+   * Called synchronously whenever a twin's state may have changed (a local
+   * write, applied gossip or sync, a new epoch), after the change: what
+   * waits for a twin to change listens here. Must not call back into the replica.
+   */
+  onChanged?: (assetId: string) => void;
 }
 
 /** What the replica needs from its gateway. */
@@ -150,6 +156,8 @@ interface Entry {
   /** Factory from metadata, or from the gossip topic / hello that introduced the twin. */
   factory: string;
   pendingWrites: number;
+  /** See {@link TwinReplica.version}. */
+  version: number;
 }
 
 /** See the module documentation. */
@@ -190,6 +198,9 @@ export class TwinReplica implements TwinSyncTarget {
   /** Twins changed by sync since the last drain: their newest field is observed instead. */
   #resolveForClock = new Set<string>();
   #dirty = new Set<string>();
+  /** Last version handed out (see {@link TwinReplica.version}). */
+  #lastVersion = 0;
+  #onChanged: ((assetId: string) => void) | undefined;
   /** Twins with local writes or a genesis not yet flushed (flush visits only these). */
   #touched = new Set<string>();
 
@@ -199,6 +210,7 @@ export class TwinReplica implements TwinSyncTarget {
     for (const factory of this.factories) assert(isTwinId(factory), "factory ids are valid");
     this.#maxTwins = init.maxTwins ?? MAX_TWINS;
     this.#rebaseAfterOps = init.rebaseAfterOps ?? REBASE_AFTER_OPS;
+    this.#onChanged = init.onChanged;
   }
 
   /** Ids of all twins held (including ones whose metadata has not arrived). */
@@ -250,7 +262,7 @@ export class TwinReplica implements TwinSyncTarget {
     } else {
       this.#add(assetId, TwinDoc.create(assetId, meta, clock.now(), gatewayName), factory, 0);
     }
-    this.#dirty.add(assetId);
+    this.#changed(assetId);
     this.#touched.add(assetId);
   }
 
@@ -262,7 +274,31 @@ export class TwinReplica implements TwinSyncTarget {
 
   #add(assetId: string, doc: TwinDoc, factory: string, epoch: number): void {
     assert(!this.#entries.has(assetId), "a twin is added once");
-    this.#entries.set(assetId, { doc, epoch, factory, pendingWrites: 0, pending: new Map() });
+    this.#entries.set(assetId, {
+      doc,
+      epoch,
+      factory,
+      pendingWrites: 0,
+      pending: new Map(),
+      version: ++this.#lastVersion,
+    });
+  }
+
+  /**
+   * A number that differs whenever the twin's state may have changed since
+   * it was read (an HTTP ETag). Unique per replica, never reused: a twin in a
+   * new epoch does not repeat an old number.
+   */
+  version(assetId: string): number {
+    return this.#entry(assetId).version;
+  }
+
+  /** Marks a twin changed: to persist, with a new version, listeners told. */
+  #changed(assetId: string): void {
+    this.#dirty.add(assetId);
+    const entry = this.#entries.get(assetId);
+    if (entry) entry.version = ++this.#lastVersion;
+    this.#onChanged?.(assetId);
   }
 
   /**
@@ -283,7 +319,7 @@ export class TwinReplica implements TwinSyncTarget {
     entry.doc.write(writes, hlc, this.#components.gatewayName);
     this.stats.writes += writes.length;
     entry.pendingWrites += writes.length;
-    this.#dirty.add(assetId);
+    this.#changed(assetId);
     this.#touched.add(assetId);
     return hlc;
   }
@@ -347,7 +383,7 @@ export class TwinReplica implements TwinSyncTarget {
     entry.epoch = epoch;
     for (const pending of entry.pending.keys()) if (pending <= epoch) entry.pending.delete(pending);
     this.#replaced.add(assetId);
-    this.#dirty.add(assetId);
+    this.#changed(assetId);
   }
 
   /**
@@ -473,7 +509,7 @@ export class TwinReplica implements TwinSyncTarget {
    */
   #noteRemote(assetId: string, newest: Timestamp | "resolve"): void {
     this.#remoteChanged.add(assetId);
-    this.#dirty.add(assetId);
+    this.#changed(assetId);
     if (newest === "resolve") this.#resolveForClock.add(assetId);
     else this.#noteRemoteHlc(newest);
   }

@@ -6,12 +6,16 @@
  * without mDNS) take setpoint commands over HTTP at 10 writes/s per arm (600/s
  * in all for 60 arms), each write posted to the next gateway in turn. A sample
  * of the writes (every `--sample-every`th) is followed on the two OTHER
- * gateways: `GET /twins/:id` is polled until the field's HLC reaches the HLC
- * the writing gateway acknowledged. The latency is from just before the POST
- * is sent until the first GET that shows the write has been answered, so it
- * includes the POST, one polling interval at most and one GET round trip
- * (shown separately as "poll GET RTT"); "lower bound" ends at the send time
- * of the successful poll instead. Each (arm, field) is written only every
+ * gateways by `GET /twins/:id` until the field's HLC reaches the HLC the
+ * writing gateway acknowledged. By default (`--read wait`) the first read is
+ * immediate and later ones wait for the twin to change (`If-None-Match` +
+ * `Prefer: wait`, as a dashboard would), so the answer leaves the gateway
+ * when the write lands there; `--read poll` polls every `--poll-interval-ms`
+ * instead, which adds up to one interval and one request's queueing to each
+ * sample and load to the gateways ("lower bound" then ends at the send time
+ * of the successful poll). The latency is from just before the POST is sent
+ * until the read that shows the write has been answered, so it includes the
+ * POST and the read's answer. Each (arm, field) is written only every
  * 400 ms, so a later write cannot stand in for the one being followed.
  *
  * Prints a table, then as the LAST stdout line
@@ -19,7 +23,8 @@
  *
  * Options: `--duration-s n` (30, of which the first `--warmup-s n` (5) are not
  * in the figures), `--rate n` writes/s in all (600), `--assets n`
- * per gateway (20), `--sample-every n` (10), `--poll-interval-ms n` (2),
+ * per gateway (20), `--sample-every n` (10), `--read wait|poll` (wait),
+ * `--poll-interval-ms n` (2),
  * `--telemetry-hz n` (10; the gateway default is 100), `--keep` (keep logs).
  *
  * @example
@@ -50,7 +55,10 @@ import { ARM_SETPOINT_RANGES } from "../node/assets/simulated_arm.ts";
 export interface TwinsBenchReport {
   update_p50_ms: number | null;
   update_p99_ms: number | null;
+  /** Poll mode only: the successful poll's send time instead of its answer. */
   update_lower_p99_ms: number | null;
+  /** How observers read (`--read`). */
+  read_mode: "wait" | "poll";
   post_p99_ms: number | null;
   poll_rtt_p50_ms: number | null;
   writes: number;
@@ -98,10 +106,13 @@ const VISIBLE_TIMEOUT_MS = 5_000;
 const DEFAULT_WARMUP_S = 5;
 
 interface Sample {
-  /** Write issue → first poll that shows it, answered. */
+  /** Write issue → the first read that shows it, answered. */
   visibleMs: number;
-  /** Write issue → that poll sent (the write was visible no later than the server saw it). */
-  lowerMs: number;
+  /**
+   * Write issue → that read sent, for an immediate read (the write was
+   * visible no later than the gateway saw the read); null for a waiting read.
+   */
+  lowerMs: number | null;
 }
 
 interface Options {
@@ -110,6 +121,8 @@ interface Options {
   rate: number;
   assets: number;
   sampleEvery: number;
+  /** How observers read: `wait` for the twin to change, or `poll`. */
+  read: "wait" | "poll";
   pollIntervalMs: number;
   telemetryHz: number;
   keep: boolean;
@@ -124,6 +137,7 @@ function parseOptions(args: string[]): Options {
       rate: { type: "string", default: "600" },
       assets: { type: "string", default: "20" },
       "sample-every": { type: "string", default: "10" },
+      read: { type: "string", default: "wait" },
       "poll-interval-ms": { type: "string", default: "2" },
       "telemetry-hz": { type: "string", default: "10" },
       keep: { type: "boolean", default: false },
@@ -141,9 +155,14 @@ function parseOptions(args: string[]): Options {
   if (warmupS >= durationS) {
     throw new Error(`--warmup-s (${warmupS}) must be shorter than --duration-s (${durationS})`);
   }
+  const read = values.read;
+  if (read !== "wait" && read !== "poll") {
+    throw new Error(`--read: expected wait or poll, got ${JSON.stringify(read)}`);
+  }
   return {
     durationS,
     warmupS,
+    read,
     rate: number("rate", values.rate, 1),
     assets: number("assets", values.assets, 1),
     sampleEvery: number("sample-every", values["sample-every"], 1),
@@ -208,29 +227,51 @@ interface TwinField {
   hlc: string;
 }
 
-/** Polls `gateway` until `field` of `id` has an HLC >= `hlc`; null after the timeout. */
+/**
+ * Reads `field` of `id` on `gateway` until its HLC is >= `hlc`; null after
+ * the timeout. `wait`: the first read is immediate, later ones wait for the
+ * twin to change (`If-None-Match` + `Prefer: wait`), so the answer leaves the
+ * gateway as soon as the write lands there. `poll`: a read every
+ * `pollIntervalMs`. `immediateRtts` gets the round trip of every read that
+ * was not asked to wait.
+ */
 async function followOn(
   gateway: GatewayProcess,
   id: string,
   field: string,
   hlc: string,
   issuedAt: number,
-  pollIntervalMs: number,
-  pollRtts: number[],
+  options: Pick<Options, "read" | "pollIntervalMs">,
+  immediateRtts: number[],
 ): Promise<Sample | null> {
   const deadline = issuedAt + VISIBLE_TIMEOUT_MS;
+  let etag: string | null = null;
   while (performance.now() < deadline) {
+    const waits = options.read === "wait" && etag !== null;
+    const headers: Record<string, string> = waits
+      ? {
+        "if-none-match": etag!,
+        prefer: `wait=${Math.ceil((deadline - performance.now()) / 1000)}`,
+      }
+      : {};
     const sentAt = performance.now();
-    const response = await fetch(`${gateway.http}/twins/${id}`);
+    const response = await fetch(`${gateway.http}/twins/${id}`, { headers });
+    if (response.status === 304) {
+      await response.body?.cancel();
+      continue; // the wait ran out without a change
+    }
     const view = await response.json() as { fields?: Record<string, TwinField> };
     const answeredAt = performance.now();
-    pollRtts.push(answeredAt - sentAt);
+    if (!waits) immediateRtts.push(answeredAt - sentAt);
+    etag = response.headers.get("etag");
     const seen = view.fields?.[field]?.hlc;
     if (seen !== undefined && seen >= hlc) {
-      return { visibleMs: answeredAt - issuedAt, lowerMs: sentAt - issuedAt };
+      return { visibleMs: answeredAt - issuedAt, lowerMs: waits ? null : sentAt - issuedAt };
     }
-    const waitMs = sentAt + pollIntervalMs - performance.now();
-    if (waitMs > 0) await delay(waitMs);
+    if (options.read === "poll") {
+      const waitMs = sentAt + options.pollIntervalMs - performance.now();
+      if (waitMs > 0) await delay(waitMs);
+    }
   }
   return null;
 }
@@ -376,7 +417,7 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
     for (const observer of gateways) {
       if (observer === writer) continue;
       follows.push(
-        followOn(observer, id, field, hlc, issuedAt, options.pollIntervalMs, pollRtts)
+        followOn(observer, id, field, hlc, issuedAt, options, pollRtts)
           .then((sample) => {
             if (!recorded) {
               if (sample) result.warmupVisibleMs.push(sample.visibleMs);
@@ -473,12 +514,13 @@ async function twinCounters(
 function printTable(result: RunResult, options: Options): void {
   const sorted = (values: number[]) => [...values].sort((a, b) => a - b);
   const visible = sorted(result.samples.map((s) => s.visibleMs));
-  const lower = sorted(result.samples.map((s) => s.lowerMs));
   const rows: Array<[string, number[]]> = [
     ["write→visible on another gateway", visible],
-    ["  lower bound (successful poll sent)", lower],
+    ...(options.read === "poll"
+      ? [["  lower bound (successful poll sent)", lowerBounds(result)] as [string, number[]]]
+      : []),
     ["POST /commands round trip", sorted(result.postMs)],
-    ["poll GET /twins/:id round trip", sorted(result.pollRtts)],
+    ["immediate GET /twins/:id round trip", sorted(result.pollRtts)],
     [
       `warm-up: write→visible, first ${options.warmupS} s (not above)`,
       sorted(result.warmupVisibleMs),
@@ -488,7 +530,9 @@ function printTable(result: RunResult, options: Options): void {
     `\n# twins bench: ${GATEWAYS} gateways × ${options.assets} arms, ` +
       `${options.rate} writes/s for ${options.durationS} s (${options.warmupS} s warm-up), ` +
       `telemetry ${options.telemetryHz} Hz, ` +
-      `poll every ${options.pollIntervalMs} ms`,
+      (options.read === "poll"
+        ? `reads poll every ${options.pollIntervalMs} ms`
+        : "reads wait for a change"),
   );
   console.log("| ms | n | p50 | p90 | p99 | max |");
   console.log("| --- | --- | --- | --- | --- | --- |");
@@ -534,6 +578,11 @@ function printTable(result: RunResult, options: Options): void {
   );
 }
 
+/** Write issue → successful immediate read sent, sorted (poll mode). */
+function lowerBounds(result: RunResult): number[] {
+  return result.samples.flatMap((s) => s.lowerMs === null ? [] : [s.lowerMs]).sort((a, b) => a - b);
+}
+
 /** `amount` per second of the window after the warm-up. */
 function perSecond(amount: number | null, result: RunResult): number | null {
   return amount === null || result.usageS <= 0 ? null : round(amount / result.usageS);
@@ -562,11 +611,11 @@ export async function main(args: string[]): Promise<TwinsBenchReport> {
   }
   printTable(result, options);
   const visible = result.samples.map((s) => s.visibleMs).sort((a, b) => a - b);
-  const lower = result.samples.map((s) => s.lowerMs).sort((a, b) => a - b);
   const report: TwinsBenchReport = {
     update_p50_ms: percentile(visible, 50),
     update_p99_ms: percentile(visible, 99),
-    update_lower_p99_ms: percentile(lower, 99),
+    read_mode: options.read,
+    update_lower_p99_ms: options.read === "poll" ? percentile(lowerBounds(result), 99) : null,
     post_p99_ms: percentile([...result.postMs].sort((a, b) => a - b), 99),
     poll_rtt_p50_ms: percentile([...result.pollRtts].sort((a, b) => a - b), 50),
     writes: result.writes,

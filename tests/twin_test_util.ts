@@ -32,6 +32,7 @@ export function makeReplica(
     factory?: string;
     replicate?: string[];
     rebaseAfterOps?: number;
+    onChanged?: (assetId: string) => void;
   } = {},
 ): TwinReplica {
   const wall = options.wall ?? new FakeWallClock();
@@ -42,6 +43,7 @@ export function makeReplica(
     {
       ...(options.replicate ? { replicate: options.replicate } : {}),
       ...(options.rebaseAfterOps !== undefined ? { rebaseAfterOps: options.rebaseAfterOps } : {}),
+      ...(options.onChanged ? { onChanged: options.onChanged } : {}),
     },
     { clock, gatewayName: name, factory },
   );
