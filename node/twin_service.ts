@@ -416,6 +416,7 @@ class DefaultTwinService implements TwinService {
   /** Peers whose catch-up sessions are waiting to be forwarded (see #forward). */
   #forwardSources = new Set<string>();
   #lastTickAtMs = 0;
+  #lastPersistAtMs = 0;
   #abort = new AbortController();
   #started = false;
 
@@ -578,7 +579,7 @@ class DefaultTwinService implements TwinService {
 
   async flushNow(): Promise<void> {
     if (this.#ticking) await this.#ticking;
-    await this.#tick();
+    await this.#tick(true);
   }
 
   /** Starts (or queues) a session, counted by why it was wanted. */
@@ -662,7 +663,14 @@ class DefaultTwinService implements TwinService {
     }, waitMs);
   }
 
-  async #tick(): Promise<void> {
+  /**
+   * Commits and publishes local writes; stores what changed at most once per
+   * publish interval (or when `persistNow`). Commands tick every few ms under
+   * load, and a SQLite transaction per command tick cost CPU and flash
+   * writes without making anything safer: a write is acknowledged before it
+   * is stored either way, and its peers store it too.
+   */
+  async #tick(persistNow = false): Promise<void> {
     const flushed = this.#replica.flush();
     for (const assetId of this.#replica.drainRemoteChanged()) {
       if (this.#owned.has(assetId)) this.#deliverCommands(this.#replica.state(assetId));
@@ -671,7 +679,10 @@ class DefaultTwinService implements TwinService {
     // sync sooner, and durability is unchanged (writes are acknowledged before
     // either happens; see the README).
     await this.#publish(flushed);
-    this.#persist();
+    if (persistNow || performance.now() - this.#lastPersistAtMs >= this.#init.publishIntervalMs) {
+      this.#lastPersistAtMs = performance.now();
+      this.#persist();
+    }
   }
 
   async #publish(flushed: readonly FlushedChanges[]): Promise<void> {

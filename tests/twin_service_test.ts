@@ -34,6 +34,7 @@ async function startGateway(
     node?: TestNode;
     compactAfterChunks?: number;
     rebaseAfterOps?: number;
+    publishIntervalMs?: number;
     /** Randomness of the service (peer choice, compaction points). */
     random?: () => number;
   } = {},
@@ -46,6 +47,7 @@ async function startGateway(
     antiEntropyIntervalMs: 0,
     compactAfterChunks: options.compactAfterChunks,
     rebaseAfterOps: options.rebaseAfterOps,
+    publishIntervalMs: options.publishIntervalMs,
   }, {
     libp2p: node,
     db,
@@ -78,6 +80,45 @@ async function connect(a: Gateway, b: Gateway): Promise<void> {
 }
 
 const options = { sanitizeOps: false, sanitizeResources: false };
+
+Deno.test({
+  name:
+    "commands are published at once but stored once per publish interval, and flushNow stores them",
+  ...options,
+  fn: async () => {
+    const dir = Deno.makeTempDirSync({ prefix: "twinmesh-persist-" });
+    // An interval longer than the test: only command ticks run.
+    const a = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }], {
+      dbPath: `${dir}/twins.db`,
+      publishIntervalMs: 60_000,
+    });
+    try {
+      const rows = () =>
+        (a.db.prepare("SELECT count(*) AS n FROM twin_log").get() as { n: number }).n;
+      const before = { ...a.service.stats(), rows: rows() };
+      for (const current of [150, 160, 170, 180]) {
+        a.service.command("arm-1", { setpoints: { weldCurrentA: current } });
+        await eventually(
+          () =>
+            a.service.stats().changes_committed > before.changes_committed + (current - 150) / 10,
+          5_000,
+          "the command tick ran",
+        );
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      const published = a.service.stats().gossip_published - before.gossip_published;
+      ok(published >= 4, `every command was published at once (${published})`);
+      equal(a.service.stats().persisted_chunks, before.persisted_chunks, "none stored yet");
+      equal(rows(), before.rows);
+      await a.service.flushNow();
+      equal(rows(), before.rows + 1, "one log row for the four commands");
+      equal(a.service.stats().persisted_chunks, before.persisted_chunks + 1);
+    } finally {
+      await a.stop();
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+});
 
 Deno.test({
   name: "two gateways that wrote while disconnected converge once connected",
