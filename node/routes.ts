@@ -163,32 +163,33 @@ export function registerRoutes(router: Router, deps: RouteDeps): void {
   });
 }
 
-/** In every ETag: a restarted gateway numbers its twins' versions afresh. */
-const BOOT_TAG = crypto.randomUUID().slice(0, 8);
-
 /**
  * `GET /twins/:id`, with an `ETag`. A request whose `If-None-Match` names the
- * current ETag gets 304; with `Prefer: wait=N` as well, the answer waits up
- * to N seconds for the twin to change (then 200 with the new state) instead.
+ * current ETag gets 304; with `Prefer: wait=N` as well (this API's use of RFC
+ * 7240's `wait`: hold the read), the answer waits up to N seconds for the
+ * twin to change (then 200 with the new state) instead.
  */
 async function readTwin(twins: TwinService, id: string, request: Request): Promise<Response> {
-  const etagNow = () => `"${BOOT_TAG}-${twinCall(() => twins.version(id))}"`;
+  const etagNow = () => `"${twinCall(() => twins.version(id))}"`;
   let etag = etagNow();
   const asked = request.headers.get("if-none-match");
+  // Twin state is live: a browser must not answer a read from its cache.
+  const headers = { etag, "cache-control": "no-cache" };
   if (asked !== null && etagMatches(asked, etag)) {
-    const waitS = preferredWaitS(request.headers.get("prefer"));
-    if (waitS > 0) {
-      const waiting = twins.watchers.wait(id, waitS * 1000);
+    const waitS = asked.trim() === "*" ? 0 : preferredWaitS(request.headers.get("prefer"));
+    if (waitS > 0 && !twins.watchers.closed) {
+      const waiting = twins.watchers.wait(id, waitS * 1000, request.signal);
       if (!waiting) {
         throw new HttpError(503, `${MAX_TWIN_WATCHERS} reads are waiting already; retry`);
       }
       await waiting;
       etag = etagNow();
+      headers.etag = etag;
     }
-    if (etagMatches(asked, etag)) return new Response(null, { status: 304, headers: { etag } });
+    if (etagMatches(asked, etag)) return new Response(null, { status: 304, headers });
   }
   const response = jsonResponse(twinCall(() => twins.get(id)));
-  response.headers.set("etag", etag);
+  for (const [name, value] of Object.entries(headers)) response.headers.set(name, value);
   return response;
 }
 

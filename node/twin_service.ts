@@ -268,8 +268,11 @@ export interface TwinService {
   /** How many twins {@link TwinService.list} shows, without resolving them. */
   count(): number;
   get(id: string): TwinView;
-  /** Differs whenever the twin may have changed since it was read; throws UnknownTwinError. */
-  version(id: string): number;
+  /**
+   * Differs whenever the twin may have changed since it was read, and from
+   * any other service's (a restarted gateway's); throws UnknownTwinError.
+   */
+  version(id: string): string;
   /** Reads waiting for a twin to change (`GET /twins/:id` with `Prefer: wait`). */
   readonly watchers: TwinWatchers;
   command(id: string, body: unknown): { hlc: string };
@@ -348,6 +351,8 @@ interface CommandView {
 
 class DefaultTwinService implements TwinService {
   readonly watchers = new TwinWatchers();
+  /** Names this service in {@link version}: versions start over with every service. */
+  readonly #versionTag = crypto.randomUUID().slice(0, 8);
   #init: Required<Omit<TwinServiceInit, "replicate" | "rebaseAfterOps">>;
   #components: TwinServiceComponents;
   #replica: TwinReplica;
@@ -416,7 +421,8 @@ class DefaultTwinService implements TwinService {
   /** Peers whose catch-up sessions are waiting to be forwarded (see #forward). */
   #forwardSources = new Set<string>();
   #lastTickAtMs = 0;
-  #lastPersistAtMs = 0;
+  /** Set by every interval tick: the next tick stores (command ticks in between do not). */
+  #storeDue = false;
   #abort = new AbortController();
   #started = false;
 
@@ -460,7 +466,10 @@ class DefaultTwinService implements TwinService {
     });
     libp2p.addEventListener("peer:connect", this.#onPeerConnect);
     libp2p.addEventListener("peer:disconnect", this.#onPeerDisconnect);
-    this.#timers.push(setInterval(() => this.#scheduleTick(), this.#init.publishIntervalMs));
+    this.#timers.push(setInterval(() => {
+      this.#storeDue = true; // kept until a tick stores, even if this one is skipped
+      this.#scheduleTick();
+    }, this.#init.publishIntervalMs));
     if (this.#init.antiEntropyIntervalMs > 0) {
       this.#timers.push(setInterval(() => this.#antiEntropy(), this.#init.antiEntropyIntervalMs));
     }
@@ -529,9 +538,9 @@ class DefaultTwinService implements TwinService {
     return { ...summaryOf(state), factory: state.meta.factory ?? "", fields };
   }
 
-  version(id: string): number {
+  version(id: string): string {
     this.#knownKind(id);
-    return this.#replica.version(id);
+    return `${this.#versionTag}-${this.#replica.version(id)}`;
   }
 
   command(id: string, body: unknown): { hlc: string } {
@@ -664,8 +673,9 @@ class DefaultTwinService implements TwinService {
   }
 
   /**
-   * Commits and publishes local writes; stores what changed at most once per
-   * publish interval (or when `persistNow`). Commands tick every few ms under
+   * Commits and publishes local writes; stores what changed once per publish
+   * interval, in the first tick after the interval timer fired (or when
+   * `persistNow`). Commands tick every few ms under
    * load, and a SQLite transaction per command tick cost CPU and flash
    * writes without making anything safer: a write is acknowledged before it
    * is stored either way, and its peers store it too.
@@ -679,8 +689,8 @@ class DefaultTwinService implements TwinService {
     // sync sooner, and durability is unchanged (writes are acknowledged before
     // either happens; see the README).
     await this.#publish(flushed);
-    if (persistNow || performance.now() - this.#lastPersistAtMs >= this.#init.publishIntervalMs) {
-      this.#lastPersistAtMs = performance.now();
+    if (persistNow || this.#storeDue) {
+      this.#storeDue = false;
       this.#persist();
     }
   }

@@ -11,7 +11,7 @@ export const MAX_TWIN_WATCHERS = 1_024;
 export const MAX_TWIN_WAIT_S = 60;
 
 /** Why a wait ended. */
-export type WaitOutcome = "changed" | "timeout" | "closed";
+export type WaitOutcome = "changed" | "timeout" | "closed" | "aborted";
 
 interface Waiter {
   done(outcome: WaitOutcome): void;
@@ -28,27 +28,34 @@ export class TwinWatchers {
     return this.#count;
   }
 
+  /** True once the gateway is stopping: nothing waits any more. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
   /**
-   * Resolves when {@link changed} is called for `assetId`, after `waitMs`, or
-   * on {@link close}; undefined (refuse the read) when {@link MAX_TWIN_WATCHERS}
+   * Resolves when {@link changed} is called for `assetId`, after `waitMs`, on
+   * {@link close}, or when `signal` aborts (the client went away: its slot is
+   * freed at once); undefined (refuse the read) when {@link MAX_TWIN_WATCHERS}
    * are already waiting or the gateway is stopping.
    */
-  wait(assetId: string, waitMs: number): Promise<WaitOutcome> | undefined {
-    if (this.#closed || this.#count >= MAX_TWIN_WATCHERS) return undefined;
+  wait(assetId: string, waitMs: number, signal?: AbortSignal): Promise<WaitOutcome> | undefined {
+    if (this.#closed || this.#count >= MAX_TWIN_WATCHERS || signal?.aborted) return undefined;
     return new Promise((resolve) => {
       const waiters = this.#byTwin.get(assetId) ?? new Set<Waiter>();
       this.#byTwin.set(assetId, waiters);
       const waiter: Waiter = {
         done: (outcome) => {
           clearTimeout(timer);
+          signal?.removeEventListener("abort", onAbort);
           if (!waiters.delete(waiter)) return;
           this.#count--;
-          if (waiters.size === 0 && this.#byTwin.get(assetId) === waiters) {
-            this.#byTwin.delete(assetId);
-          }
+          if (waiters.size === 0) this.#byTwin.delete(assetId);
           resolve(outcome);
         },
       };
+      const onAbort = () => waiter.done("aborted");
+      signal?.addEventListener("abort", onAbort);
       const timer = setTimeout(() => waiter.done("timeout"), waitMs);
       waiters.add(waiter);
       this.#count++;

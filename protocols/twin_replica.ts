@@ -646,16 +646,24 @@ export class TwinReplica implements TwinSyncTarget {
     if (!found) return state; // an epoch left behind during the session
     const { assetId, entry, doc, epoch } = found;
     const before = doc.heads();
-    const next = doc.receiveSyncMessage(state, message);
+    const moved = () => {
+      const after = doc.heads();
+      return before.length !== after.length || before.some((h, i) => h !== after[i]);
+    };
+    let next: TwinSyncState;
+    try {
+      next = doc.receiveSyncMessage(state, message);
+    } catch (error) {
+      // Automerge may have applied part of the message before refusing the rest.
+      if (doc === entry.doc && moved()) this.#noteRemote(assetId, "resolve");
+      throw error;
+    }
     this.stats.sync_messages_received++;
     if (doc !== entry.doc) {
       this.#adopt(assetId, entry, epoch);
       return next;
     }
-    const after = doc.heads();
-    if (before.length !== after.length || before.some((h, i) => h !== after[i])) {
-      this.#noteRemote(assetId, "resolve");
-    }
+    if (moved()) this.#noteRemote(assetId, "resolve");
     return next;
   }
 }

@@ -248,17 +248,22 @@ async function followOn(
   let etag: string | null = null;
   while (performance.now() < deadline) {
     const waits = options.read === "wait" && etag !== null;
+    const leftS = ((deadline - performance.now()) / 1000).toFixed(1);
     const headers: Record<string, string> = waits
-      ? {
-        "if-none-match": etag!,
-        prefer: `wait=${Math.ceil((deadline - performance.now()) / 1000)}`,
-      }
+      ? { "if-none-match": etag!, prefer: `wait=${leftS}` }
       : {};
     const sentAt = performance.now();
     const response = await fetch(`${gateway.http}/twins/${id}`, { headers });
     if (response.status === 304) {
       await response.body?.cancel();
       continue; // the wait ran out without a change
+    }
+    if (response.status !== 200) {
+      // Refused (503: too many waiting) or failing: read again a little later.
+      await response.body?.cancel();
+      etag = null;
+      await delay(Math.max(options.pollIntervalMs, 10));
+      continue;
     }
     const view = await response.json() as { fields?: Record<string, TwinField> };
     const answeredAt = performance.now();

@@ -106,8 +106,11 @@ Deno.test({
         );
         await new Promise((resolve) => setTimeout(resolve, 10));
       }
-      const published = a.service.stats().gossip_published - before.gossip_published;
-      ok(published >= 4, `every command was published at once (${published})`);
+      await eventually(
+        () => a.service.stats().gossip_published - before.gossip_published >= 4,
+        5_000,
+        "every command published at once",
+      );
       equal(a.service.stats().persisted_chunks, before.persisted_chunks, "none stored yet");
       equal(rows(), before.rows);
       await a.service.flushNow();

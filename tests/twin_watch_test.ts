@@ -51,7 +51,7 @@ Deno.test("a twin's version changes with local writes, gossip and sync, and not 
   assertEquals(changedA, [], "a duplicate changes nothing");
 });
 
-Deno.test("waiting reads wake on their twin's change, time out, and are all released on close", async () => {
+Deno.test("waiting reads wake on their twin's change, time out, end when the client goes, and are all released on close", async () => {
   const watchers = new TwinWatchers();
   const onArm1 = watchers.wait("arm-1", 10_000)!;
   const alsoArm1 = watchers.wait("arm-1", 10_000)!;
@@ -63,6 +63,12 @@ Deno.test("waiting reads wake on their twin's change, time out, and are all rele
   assertEquals(await alsoArm1, "changed");
   assertEquals(await onArm2, "timeout");
   assertEquals(watchers.waiting, 0);
+
+  const client = new AbortController();
+  const goneAway = watchers.wait("arm-1", 60_000, client.signal)!;
+  client.abort();
+  assertEquals(await goneAway, "aborted");
+  assertEquals(watchers.waiting, 0, "a client that went away frees its slot at once");
 
   const held = Array.from({ length: MAX_TWIN_WATCHERS }, (_, i) => watchers.wait(`t-${i}`, 60_000));
   assert(held.every((wait) => wait !== undefined));
@@ -128,6 +134,9 @@ Deno.test("GET /twins/:id answers 304 for a current ETag, and with Prefer: wait 
     assertEquals(first?.status, 200, "the watcher knows the writer's twin");
     const etag = first!.etag!;
     assert(/^"[0-9a-f]{8}-\d+"$/.test(etag), `an ETag: ${etag}`);
+    const star = await read(watcher, id, { "if-none-match": "*", prefer: "wait=30" });
+    assertEquals(star.status, 304, "`*` matches at once, without waiting");
+    assert(star.ms < 5_000);
 
     // Unchanged: 304 at once without Prefer; 304 after the wait with it.
     const unchanged = await read(watcher, id, { "if-none-match": etag });
@@ -148,8 +157,9 @@ Deno.test("GET /twins/:id answers 304 for a current ETag, and with Prefer: wait 
     });
     assertEquals(posted.status, 202);
     let answer = await waiting;
-    // Another change (the owner's telemetry summary) may land first: read on until the command shows.
-    while (answer.status === 200 && answer.value !== 217 && answer.ms < 10_000) {
+    // Another change (an e-stop record, say) may land first: read on until the command shows.
+    const deadline = performance.now() + 10_000;
+    while (answer.status === 200 && answer.value !== 217 && performance.now() < deadline) {
       answer = await read(watcher, id, { "if-none-match": answer.etag!, prefer: "wait=10" });
     }
     assertEquals({ status: answer.status, value: answer.value }, { status: 200, value: 217 });
