@@ -675,10 +675,10 @@ class DefaultTwinService implements TwinService {
   /**
    * Commits and publishes local writes; stores what changed once per publish
    * interval, in the first tick after the interval timer fired (or when
-   * `persistNow`). Commands tick every few ms under
-   * load, and a SQLite transaction per command tick cost CPU and flash
-   * writes without making anything safer: a write is acknowledged before it
-   * is stored either way, and its peers store it too.
+   * `persistNow`). Commands tick every few ms under load, and a SQLite
+   * transaction per command tick cost CPU and flash writes without making
+   * anything safer: a write is acknowledged before it is stored either way,
+   * and its peers store it too.
    */
   async #tick(persistNow = false): Promise<void> {
     const flushed = this.#replica.flush();
