@@ -245,13 +245,19 @@ Deno.test("a data directory from before the log loads the same chunks", () => {
   deepStrictEqual(new TwinStorage(db).loadAll().get("a"), [bytes(7)]);
 });
 
-Deno.test("chunks migrated after a downgrade are numbered after every snapshot's log_seq", () => {
+/** A database where twin "a" has a snapshot with log_seq 2 (chunks 1 and 2) and the log is empty. */
+function compactedWithEmptyLog(): DatabaseSync {
   const db = new DatabaseSync(":memory:");
   const storage = new TwinStorage(db);
   storage.loadAll();
   storage.appendChunks([{ assetId: "a", bytes: bytes(1) }]);
   storage.appendChunks([{ assetId: "a", bytes: bytes(2) }]);
-  storage.compact("a", bytes(9)); // log_seq 2, log empty
+  storage.compact("a", bytes(9));
+  return db;
+}
+
+Deno.test("chunks migrated after a downgrade are numbered after every snapshot's log_seq", () => {
+  const db = compactedWithEmptyLog();
   // An older gateway wrote chunks to its own table meanwhile.
   db.exec(
     `CREATE TABLE twin_chunks (seq INTEGER PRIMARY KEY AUTOINCREMENT, asset_id TEXT NOT NULL, data BLOB NOT NULL)`,
@@ -277,12 +283,7 @@ Deno.test("a twin loads the same from its chunks in any order (the log may carry
 });
 
 Deno.test("an append right after opening numbers its row after every snapshot, even with the log empty", () => {
-  const db = new DatabaseSync(":memory:");
-  const first = new TwinStorage(db);
-  first.loadAll();
-  first.appendChunks([{ assetId: "a", bytes: bytes(1) }]);
-  first.appendChunks([{ assetId: "a", bytes: bytes(2) }]);
-  first.compact("a", bytes(9)); // log_seq 2, log empty
+  const db = compactedWithEmptyLog();
   new TwinStorage(db).appendChunks([{ assetId: "a", bytes: bytes(3) }]); // no loadAll first
   deepStrictEqual(new TwinStorage(db).loadAll().get("a"), [bytes(9), bytes(3)]);
 });
