@@ -178,6 +178,8 @@ async function readTwin(twins: TwinService, id: string, request: Request): Promi
   if (asked !== null && etagMatches(asked, etag)) {
     const waitS = asked.trim() === "*" ? 0 : preferredWaitS(request.headers.get("prefer"));
     if (waitS > 0 && !twins.watchers.closed) {
+      // The signal aborts when the client goes away (deno.json opts out of
+      // Deno's legacy abort, which also fired on every answered request).
       const waiting = twins.watchers.wait(id, waitS * 1000, request.signal);
       if (!waiting) {
         throw new HttpError(503, `${MAX_TWIN_WATCHERS} reads are waiting already; retry`);

@@ -297,6 +297,8 @@ export type TwinServiceStats = TwinReplicaStats & ServiceCounters & {
   twins_owned: number;
   parked_changes: number;
   sync_sessions_active: number;
+  /** `GET /twins/:id` reads holding for a change (`Prefer: wait`). */
+  reads_waiting: number;
   hlc_clock_rejected_remote: number;
 };
 
@@ -582,6 +584,7 @@ class DefaultTwinService implements TwinService {
       twins_owned: this.#owned.size,
       parked_changes: parked,
       sync_sessions_active: this.#syncing.size + this.#inbound.size,
+      reads_waiting: this.watchers.waiting,
       hlc_clock_rejected_remote: this.#components.clock.rejectedRemote,
     };
   }

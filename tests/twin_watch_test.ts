@@ -7,8 +7,14 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import { MAX_TWIN_WATCHERS, TwinWatchers } from "../node/twin_watch.ts";
 import { preferredWaitS } from "../node/routes.ts";
 import { makeReplica, syncInMemory } from "./twin_test_util.ts";
-import { startGateway, stopGateway, tempDir, uniqueFactory } from "./gateway_test_util.ts";
-import { type GatewayProcess, postJson } from "../scripts/mesh_processes.ts";
+import {
+  eventually,
+  startGateway,
+  stopGateway,
+  tempDir,
+  uniqueFactory,
+} from "./gateway_test_util.ts";
+import { type GatewayProcess, postJson, sumMetrics } from "../scripts/mesh_processes.ts";
 
 Deno.test("a twin's version changes with local writes, gossip and sync, and not with reads", () => {
   const changedA: string[] = [];
@@ -164,6 +170,24 @@ Deno.test("GET /twins/:id answers 304 for a current ETag, and with Prefer: wait 
     }
     assertEquals({ status: answer.status, value: answer.value }, { status: 200, value: 217 });
     assert(answer.etag !== current.etag);
+
+    // A client that goes away frees its slot; an answered read does not count either.
+    const waitingNow = async () =>
+      (await sumMetrics([watcher], /^twinmesh_twins_reads_waiting$/))[
+        "twinmesh_twins_reads_waiting"
+      ];
+    const before = await read(watcher, id);
+    const client = new AbortController();
+    const abandoned = fetch(`${watcher.http}/twins/${id}`, {
+      headers: { "if-none-match": before.etag!, prefer: "wait=60" },
+      signal: client.signal,
+    }).catch(() => "gone");
+    const isWaiting = await eventually(async () => (await waitingNow()) === 1, 5_000);
+    assert(isWaiting, "the read waits");
+    client.abort();
+    assertEquals(await abandoned, "gone");
+    const freed = await eventually(async () => (await waitingNow()) === 0, 5_000);
+    assert(freed, "the gateway let go of the abandoned read");
 
     // Stopping answers a waiting read at once instead of holding the shutdown.
     const latest = await read(watcher, id);
