@@ -174,22 +174,30 @@ export const GOSSIP_IDONTWANT_MIN_BYTES = 16 * 1024;
 
 let unkeyedMessages = 0;
 
+/** Longest author (peer id bytes) keyed; Ed25519, secp256k1 and RSA peer ids are 34-39 bytes. */
+const MAX_KEYED_AUTHOR_BYTES = 64;
+/** Gossipsub's sequence numbers are 8 bytes. */
+const KEYED_SEQNO_BYTES = 8;
+
 /**
  * Gossipsub's local duplicate check before validation (`fastMsgIdFn`): the
  * author and sequence number, which under the strict-sign policy are the
  * message id itself. Without it a duplicate is only recognised after its
  * signature is verified (~35 µs), and a factory mesh delivers most messages
  * twice. A key is remembered only for messages that passed validation, so a
- * forged copy cannot shadow the real one. A message without author or
- * sequence number (refused by validation anyway) gets a key of its own.
+ * forged copy cannot shadow the real one. The fields are unvalidated peer
+ * input: a message whose author or sequence number has an impossible length
+ * (or none) gets a key of its own and is left to validation, which refuses
+ * it cheaply, rather than a key built from megabytes.
  */
 export function gossipDuplicateKey(message: { from?: Uint8Array; seqno?: Uint8Array }): string {
   const { from, seqno } = message;
-  if (!from || !seqno) return `unkeyed:${unkeyedMessages++}`;
-  let key = String.fromCharCode(from.length); // length first: no two splits read the same
-  for (const byte of from) key += String.fromCharCode(byte);
-  for (const byte of seqno) key += String.fromCharCode(byte);
-  return key;
+  if (
+    !from || !seqno || from.length > MAX_KEYED_AUTHOR_BYTES || seqno.length !== KEYED_SEQNO_BYTES
+  ) {
+    return `unkeyed:${unkeyedMessages++}`;
+  }
+  return String.fromCharCode(...from, ...seqno); // seqno's fixed length makes the split unique
 }
 
 /** `_twinmesh-<factory>._udp.local`: gateways only discover their own factory. */
