@@ -5,7 +5,7 @@
  */
 const PERIOD_MS = 50;
 /** The reported maximum covers this many of the latest seconds. */
-const WINDOW_S = 10;
+export const LOOP_LAG_WINDOW_S = 10;
 
 export class LoopLagMonitor {
   #timer: ReturnType<typeof setInterval> | undefined;
@@ -34,7 +34,7 @@ export class LoopLagMonitor {
     if (now - this.#secondStartedAt >= 1000) {
       this.#secondStartedAt = now;
       this.#perSecond.push(0);
-      if (this.#perSecond.length > WINDOW_S) this.#perSecond.shift();
+      if (this.#perSecond.length > LOOP_LAG_WINDOW_S) this.#perSecond.shift();
     }
     const i = this.#perSecond.length - 1;
     this.#perSecond[i] = Math.max(this.#perSecond[i]!, this.#lastMs);
