@@ -12,7 +12,7 @@ import type { Detection } from "./detection.ts";
 import type { EstopControl } from "./estop_thread.ts";
 import type { GatewayIdentity, Mesh } from "./mesh.ts";
 import type { GatewayMetrics } from "./metrics.ts";
-import { type TwinService, UnknownTwinError } from "./twin_service.ts";
+import { TwinNotStoredError, type TwinService, UnknownTwinError } from "./twin_service.ts";
 import type { Tracer } from "./trace.ts";
 import { MAX_TWIN_WAIT_S, MAX_TWIN_WATCHERS } from "./twin_watch.ts";
 
@@ -126,6 +126,17 @@ export function registerRoutes(router: Router, deps: RouteDeps): void {
       );
     }
     const { hlc } = twinCall(() => twins.command(id, body));
+    // Answered once the command is on this gateway's disk: an acknowledged
+    // command survives a crash right after the answer.
+    try {
+      await twins.whenStored();
+    } catch (error) {
+      if (!(error instanceof TwinNotStoredError)) throw error;
+      throw new HttpError(
+        503,
+        `command ${hlc} was applied and published, but not stored: ${error.message}`,
+      );
+    }
     return { status: 202, body: { id, hlc } };
   });
   router.get("/estop", () => estop.status());

@@ -82,6 +82,12 @@ export const PUBLISH_INTERVAL_MS = 25;
 export const COMMAND_COALESCE_MS = 1;
 export const MIN_TICK_GAP_MS = 5;
 /**
+ * How long `POST /twins/:id/commands` waits for its command to be stored
+ * before answering 503: a store normally takes a millisecond or two, so
+ * this only ends waits on a stalled or failing disk.
+ */
+export const STORE_WAIT_MS = 5_000;
+/**
  * Anti-entropy: one sync session with a random connected peer this often.
  * Connection-time sync covers partitions; this covers gossip lost while
  * connected (a dropped message on a healthy link) within half a minute.
@@ -135,6 +141,11 @@ export function twinTopic(factory: string): string {
 }
 
 /** `writeMeasured` on an asset this gateway does not own. */
+/** A command was applied and published but is not (yet) stored on this gateway's disk. */
+export class TwinNotStoredError extends Error {
+  override name = "TwinNotStoredError";
+}
+
 export class TwinOwnershipError extends Error {
   override name = "TwinOwnershipError";
   constructor(readonly assetId: string) {
@@ -280,7 +291,18 @@ export interface TwinService {
   version(id: string): string;
   /** Reads waiting for a twin to change (`GET /twins/:id` with `Prefer: wait`). */
   readonly watchers: TwinWatchers;
+  /**
+   * Applies a command and publishes it at once. The write is in memory only
+   * until the next store: {@link TwinService.whenStored} says when it is on disk.
+   */
   command(id: string, body: unknown): { hlc: string };
+  /**
+   * Resolves once every command written so far is committed to SQLite (it
+   * then survives a crash of the process), hurrying a store if one is owed.
+   * Rejects with {@link TwinNotStoredError} if the store fails, the service
+   * stops first, or it takes longer than `timeoutMs`.
+   */
+  whenStored(timeoutMs?: number): Promise<void>;
   history(id: string, limit: number): TwinHistoryEntry[];
   writeMeasured(id: string, update: MeasuredUpdate): { hlc: string };
   onCommand(callback: (assetId: string, command: TwinCommand) => void): () => void;
@@ -349,6 +371,12 @@ type SyncReason = "connect" | "gap" | "forward" | "anti_entropy";
 interface SessionFindings {
   changed: Set<string>;
   created: Set<string>;
+}
+
+interface StoreWaiter {
+  upTo: number;
+  resolve(): void;
+  reject(error: Error): void;
 }
 
 interface CommandView {
@@ -430,6 +458,11 @@ class DefaultTwinService implements TwinService {
   #lastTickAtMs = 0;
   /** Set by every interval tick: the next tick stores (command ticks in between do not). */
   #storeDue = false;
+  /** Commands written so far, and how many of them the last successful store covered. */
+  #commandsWritten = 0;
+  #commandsStored = 0;
+  /** Callers of whenStored(), each waiting for the store covering its `upTo` commands. */
+  #storeWaiters: StoreWaiter[] = [];
   #abort = new AbortController();
   #started = false;
 
@@ -510,6 +543,8 @@ class DefaultTwinService implements TwinService {
     this.#abort.abort(new Error("twin service stopping"));
     await Promise.allSettled([...this.#syncing.values(), ...this.#inbound]);
     await this.flushNow();
+    // Commands written while stopping (after the last store) are not stored.
+    this.#settleStoreWaiters(Infinity, new Error("the twin service stopped"));
     this.#compactAll();
     this.#components.logger.info("twin service stopped", this.stats());
   }
@@ -553,9 +588,37 @@ class DefaultTwinService implements TwinService {
   command(id: string, body: unknown): { hlc: string } {
     const writes = parseCommand(modelFor(this.#knownKind(id)), body);
     const hlc = this.#replica.write(id, writes, "any");
+    this.#commandsWritten++;
     if (this.#owned.has(id)) this.#deliverCommands(this.#replica.state(id));
     this.#requestTick();
     return { hlc: formatTimestamp(hlc) };
+  }
+
+  whenStored(timeoutMs = STORE_WAIT_MS): Promise<void> {
+    const upTo = this.#commandsWritten;
+    if (this.#commandsStored >= upTo) return Promise.resolve();
+    if (!this.#started) {
+      return Promise.reject(new TwinNotStoredError("the twin service stopped before storing"));
+    }
+    return new Promise<void>((resolve, reject) => {
+      const waiter: StoreWaiter = {
+        upTo,
+        resolve: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        reject: (error) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+      };
+      const timer = setTimeout(() => {
+        this.#storeWaiters = this.#storeWaiters.filter((w) => w !== waiter);
+        reject(new TwinNotStoredError(`not stored within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.#storeWaiters.push(waiter);
+      this.#requestTick();
+    });
   }
 
   history(id: string, limit: number): TwinHistoryEntry[] {
@@ -681,25 +744,43 @@ class DefaultTwinService implements TwinService {
   }
 
   /**
-   * Commits and publishes local writes; stores what changed once per publish
-   * interval, in the first tick after the interval timer fired (or when
-   * `persistNow`). Commands tick every few ms under load, and a SQLite
-   * transaction per command tick cost CPU and flash writes without making
-   * anything safer: a write is acknowledged before it is stored either way,
-   * and its peers store it too.
+   * Commits and publishes local writes; stores what changed in the first tick
+   * after the interval timer fired, in a tick whose commands a caller of
+   * whenStored() waits for (every HTTP command: a 202 means stored), and when
+   * `persistNow`. Measured-state writes, the bulk of the writes, nobody waits
+   * for: they are stored once per interval, one transaction for all of them.
    */
   async #tick(persistNow = false): Promise<void> {
+    const commandsFlushed = this.#commandsWritten;
     const flushed = this.#replica.flush();
     for (const assetId of this.#replica.drainRemoteChanged()) {
       if (this.#owned.has(assetId)) this.#deliverCommands(this.#replica.state(assetId));
     }
-    // Publish before the (fsync'ing) SQLite write: peers see the change a disk
-    // sync sooner, and durability is unchanged (writes are acknowledged before
-    // either happens; see the README).
+    // Publish before the SQLite write: peers see the change a store sooner,
+    // and a command is acknowledged only once both have happened.
     await this.#publish(flushed);
-    if (persistNow || this.#storeDue) {
+    const waited = this.#storeWaiters.some((w) => w.upTo <= commandsFlushed);
+    if (persistNow || this.#storeDue || waited) {
       this.#storeDue = false;
-      this.#persist();
+      try {
+        this.#persist();
+      } catch (error) {
+        this.#settleStoreWaiters(commandsFlushed, error);
+        throw error;
+      }
+      this.#commandsStored = commandsFlushed;
+      this.#settleStoreWaiters(commandsFlushed);
+    }
+  }
+
+  /** Settles the whenStored() callers whose commands the store up to `upTo` covered. */
+  #settleStoreWaiters(upTo: number, failure?: unknown): void {
+    const settled = this.#storeWaiters.filter((w) => w.upTo <= upTo);
+    if (settled.length === 0) return;
+    this.#storeWaiters = this.#storeWaiters.filter((w) => w.upTo > upTo);
+    for (const waiter of settled) {
+      if (failure === undefined) waiter.resolve();
+      else waiter.reject(new TwinNotStoredError(`store failed: ${String(failure)}`));
     }
   }
 

@@ -606,6 +606,48 @@ Deno.test("a gateway restarted on the same data dir loads its twins with every w
   }
 });
 
+Deno.test("a gateway killed (-9) right after acknowledging commands has them all after a restart", async () => {
+  const dir = tempDir("twin-kill");
+  const options = {
+    name: "killed",
+    factory: uniqueFactory("kill"),
+    dir,
+    extraArgs: ["--no-mdns", ...QUIET],
+  };
+  const first = await startGateway(options);
+  const twins = ["killed.arm-0", "killed.arm-1"];
+  const acked: Array<{ id: string; value: number; hlc: string }> = [];
+  try {
+    // Alone in its factory: after the crash only its own disk can bring these back.
+    for (let i = 1; i <= 6; i++) {
+      const id = twins[i % 2]!;
+      const value = 10 + i;
+      acked.push({
+        id,
+        value,
+        hlc: await command(first, id, { setpoints: { travelSpeedMmps: value } }),
+      });
+    }
+  } finally {
+    first.child.kill("SIGKILL");
+    await first.status;
+  }
+  const again = await startGateway({
+    ...options,
+    listenPort: first.spec.listenPort,
+    httpPort: first.spec.httpPort,
+  });
+  try {
+    const after = await commandState(again, twins);
+    for (const id of twins) {
+      const last = acked.filter((w) => w.id === id).at(-1)!;
+      assertEquals(after[id]?.["setpoints.travelSpeedMmps"], { value: last.value, hlc: last.hlc });
+    }
+  } finally {
+    await stopGateway(again);
+  }
+});
+
 // --- The twin service fixes these tests found, in process (no anti-entropy, so nothing else
 // can hide a gap): a chain a – b – c of services, where a and c are not linked.
 

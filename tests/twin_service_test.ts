@@ -10,6 +10,7 @@ import {
   MAX_COMPACTIONS_PER_TICK,
   type OwnedAsset,
   type TwinCommand,
+  TwinNotStoredError,
   TwinOwnershipError,
   twinTopic,
   TwinValidationError,
@@ -82,8 +83,7 @@ async function connect(a: Gateway, b: Gateway): Promise<void> {
 const options = { sanitizeOps: false, sanitizeResources: false };
 
 Deno.test({
-  name:
-    "commands are published at once but stored once per publish interval, and flushNow stores them",
+  name: "commands nobody waits for are published at once but stored once per publish interval",
   ...options,
   fn: async () => {
     const dir = Deno.makeTempDirSync({ prefix: "twinmesh-persist-" });
@@ -362,6 +362,58 @@ Deno.test({
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
+  },
+});
+
+Deno.test({
+  name: "whenStored() resolves once the commands are committed, and rejects if the store fails",
+  ...options,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "twin_service_" });
+    const dbPath = `${dir}/gateway.db`;
+    // An interval longer than the test: only a waited-for command makes a tick store.
+    const gateway = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }], {
+      dbPath,
+      publishIntervalMs: 60_000,
+    });
+    const storedCurrent = () => {
+      // What a restart after a crash would load: another connection reads the file.
+      const other = new DatabaseSync(dbPath);
+      try {
+        const chunks = new TwinStorage(other).loadAll().get("arm-1")!;
+        return TwinDoc.load("arm-1", chunks).resolve().fields["setpoints.weldCurrentA"]?.value;
+      } finally {
+        other.close();
+      }
+    };
+    try {
+      await gateway.service.whenStored(); // nothing pending: at once
+      gateway.service.command("arm-1", { setpoints: { weldCurrentA: 150 } });
+      gateway.service.command("arm-1", { setpoints: { weldCurrentA: 160 } });
+      equal(storedCurrent(), undefined, "not stored at the write");
+      await gateway.service.whenStored();
+      equal(storedCurrent(), 160);
+
+      gateway.db.exec(
+        "CREATE TRIGGER disk_full BEFORE INSERT ON twin_log BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+      );
+      gateway.service.command("arm-1", { setpoints: { weldCurrentA: 170 } });
+      await rejects(gateway.service.whenStored(), (error: Error) => {
+        ok(error instanceof TwinNotStoredError, String(error));
+        ok(/disk full/.test(error.message), error.message);
+        return true;
+      });
+      equal(storedCurrent(), 160);
+      gateway.db.exec("DROP TRIGGER disk_full");
+      // The failed store's chunk is kept and goes with the next one.
+      await gateway.service.whenStored();
+      equal(storedCurrent(), 170);
+    } finally {
+      await gateway.stop();
+    }
+    gateway.service.command("arm-1", { setpoints: { weldCurrentA: 180 } });
+    await rejects(gateway.service.whenStored(), TwinNotStoredError);
+    await Deno.remove(dir, { recursive: true });
   },
 });
 
