@@ -140,12 +140,12 @@ export function twinTopic(factory: string): string {
   return `twinmesh/${factory}/twins/${TWIN_GOSSIP_VERSION}`;
 }
 
-/** `writeMeasured` on an asset this gateway does not own. */
 /** A command was applied and published but is not (yet) stored on this gateway's disk. */
 export class TwinNotStoredError extends Error {
   override name = "TwinNotStoredError";
 }
 
+/** `writeMeasured` on an asset this gateway does not own. */
 export class TwinOwnershipError extends Error {
   override name = "TwinOwnershipError";
   constructor(readonly assetId: string) {
@@ -544,7 +544,7 @@ class DefaultTwinService implements TwinService {
     await Promise.allSettled([...this.#syncing.values(), ...this.#inbound]);
     await this.flushNow();
     // Commands written while stopping (after the last store) are not stored.
-    this.#settleStoreWaiters(Infinity, new Error("the twin service stopped"));
+    this.#settleStoreWaiters(Infinity, "the twin service stopped");
     this.#compactAll();
     this.#components.logger.info("twin service stopped", this.stats());
   }
@@ -765,7 +765,7 @@ class DefaultTwinService implements TwinService {
       try {
         this.#persist();
       } catch (error) {
-        this.#settleStoreWaiters(commandsFlushed, error);
+        this.#settleStoreWaiters(commandsFlushed, `store failed: ${String(error)}`);
         throw error;
       }
       this.#commandsStored = commandsFlushed;
@@ -773,14 +773,14 @@ class DefaultTwinService implements TwinService {
     }
   }
 
-  /** Settles the whenStored() callers whose commands the store up to `upTo` covered. */
-  #settleStoreWaiters(upTo: number, failure?: unknown): void {
+  /** Settles the whenStored() callers of the first `upTo` commands: stored, or `failure`. */
+  #settleStoreWaiters(upTo: number, failure?: string): void {
     const settled = this.#storeWaiters.filter((w) => w.upTo <= upTo);
     if (settled.length === 0) return;
     this.#storeWaiters = this.#storeWaiters.filter((w) => w.upTo > upTo);
     for (const waiter of settled) {
       if (failure === undefined) waiter.resolve();
-      else waiter.reject(new TwinNotStoredError(`store failed: ${String(failure)}`));
+      else waiter.reject(new TwinNotStoredError(failure));
     }
   }
 
