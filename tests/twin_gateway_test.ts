@@ -558,15 +558,29 @@ Deno.test("a command with a bad field, type or unit gets a 400 naming the field,
   }
 });
 
-Deno.test("a gateway restarted on the same data dir loads its twins with every write made before the stop", async () => {
-  const dir = tempDir("twin-restart");
+/** A gateway alone in its factory (no mDNS), restarted on its data dir and ports. */
+function loneGateway(name: string) {
   const options = {
-    name: "durable",
-    factory: uniqueFactory("restart"),
-    dir,
+    name,
+    factory: uniqueFactory(name),
+    dir: tempDir(`twin-${name}`),
     extraArgs: ["--no-mdns", ...QUIET],
   };
-  const first = await startGateway(options);
+  return {
+    start: () => startGateway(options),
+    // Same ports as before: a fresh free port could be the old listen port, just released.
+    restart: (previous: GatewayProcess) =>
+      startGateway({
+        ...options,
+        listenPort: previous.spec.listenPort,
+        httpPort: previous.spec.httpPort,
+      }),
+  };
+}
+
+Deno.test("a gateway restarted on the same data dir loads its twins with every write made before the stop", async () => {
+  const lone = loneGateway("durable");
+  const first = await lone.start();
   let before: Record<string, Record<string, { value: unknown; hlc: string }>>;
   let historyBefore: HistoryEntry[];
   const twins = ["durable.arm-0", "durable.arm-1"];
@@ -582,12 +596,7 @@ Deno.test("a gateway restarted on the same data dir loads its twins with every w
   } finally {
     assert((await stopGateway(first)).success, "the gateway did not stop cleanly");
   }
-  // Same ports as before: a fresh free port could be the old listen port, just released.
-  const again = await startGateway({
-    ...options,
-    listenPort: first.spec.listenPort,
-    httpPort: first.spec.httpPort,
-  });
+  const again = await lone.restart(first);
   try {
     assertEquals(await commandState(again, twins), before);
     assertEquals(before[twins[1]!]?.["setpoints.travelSpeedMmps"]?.value, 12.5);
@@ -607,14 +616,8 @@ Deno.test("a gateway restarted on the same data dir loads its twins with every w
 });
 
 Deno.test("a gateway killed (-9) right after acknowledging commands has them all after a restart", async () => {
-  const dir = tempDir("twin-kill");
-  const options = {
-    name: "killed",
-    factory: uniqueFactory("kill"),
-    dir,
-    extraArgs: ["--no-mdns", ...QUIET],
-  };
-  const first = await startGateway(options);
+  const lone = loneGateway("killed");
+  const first = await lone.start();
   const twins = ["killed.arm-0", "killed.arm-1"];
   const acked: Array<{ id: string; value: number; hlc: string }> = [];
   try {
@@ -632,11 +635,7 @@ Deno.test("a gateway killed (-9) right after acknowledging commands has them all
     first.child.kill("SIGKILL");
     await first.status;
   }
-  const again = await startGateway({
-    ...options,
-    listenPort: first.spec.listenPort,
-    httpPort: first.spec.httpPort,
-  });
+  const again = await lone.restart(first);
   try {
     const after = await commandState(again, twins);
     for (const id of twins) {
