@@ -82,6 +82,24 @@ async function connect(a: Gateway, b: Gateway): Promise<void> {
 
 const options = { sanitizeOps: false, sanitizeResources: false };
 
+/** A twin as a restart after a crash now would load it: another connection reads the file. */
+function loadAfterCrash(dbPath: string, id: string): TwinDoc {
+  const other = new DatabaseSync(dbPath);
+  try {
+    return TwinDoc.load(id, new TwinStorage(other).loadAll().get(id)!);
+  } finally {
+    other.close();
+  }
+}
+
+/** Makes every append to the twin log fail as a full disk would; returns the undo. */
+function failAppends(db: DatabaseSync): () => void {
+  db.exec(
+    "CREATE TRIGGER disk_full BEFORE INSERT ON twin_log BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+  );
+  return () => db.exec("DROP TRIGGER disk_full");
+}
+
 Deno.test({
   name: "commands nobody waits for are published at once but stored once per publish interval",
   ...options,
@@ -376,16 +394,8 @@ Deno.test({
       dbPath,
       publishIntervalMs: 60_000,
     });
-    const storedCurrent = () => {
-      // What a restart after a crash would load: another connection reads the file.
-      const other = new DatabaseSync(dbPath);
-      try {
-        const chunks = new TwinStorage(other).loadAll().get("arm-1")!;
-        return TwinDoc.load("arm-1", chunks).resolve().fields["setpoints.weldCurrentA"]?.value;
-      } finally {
-        other.close();
-      }
-    };
+    const storedCurrent = () =>
+      loadAfterCrash(dbPath, "arm-1").resolve().fields["setpoints.weldCurrentA"]?.value;
     try {
       await gateway.service.whenStored(); // nothing pending: at once
       gateway.service.command("arm-1", { setpoints: { weldCurrentA: 150 } });
@@ -394,9 +404,7 @@ Deno.test({
       await gateway.service.whenStored();
       equal(storedCurrent(), 160);
 
-      gateway.db.exec(
-        "CREATE TRIGGER disk_full BEFORE INSERT ON twin_log BEGIN SELECT RAISE(ABORT, 'disk full'); END",
-      );
+      const diskBack = failAppends(gateway.db);
       gateway.service.command("arm-1", { setpoints: { weldCurrentA: 170 } });
       await rejects(gateway.service.whenStored(), (error: Error) => {
         ok(error instanceof TwinNotStoredError, String(error));
@@ -404,7 +412,7 @@ Deno.test({
         return true;
       });
       equal(storedCurrent(), 160);
-      gateway.db.exec("DROP TRIGGER disk_full");
+      diskBack();
       // The failed store's chunk is kept and goes with the next one.
       await gateway.service.whenStored();
       equal(storedCurrent(), 170);
@@ -430,20 +438,11 @@ Deno.test({
         await gateway.service.flushNow();
       };
       await tick();
-      gateway.db.exec(
-        "CREATE TRIGGER disk_full BEFORE INSERT ON twin_log BEGIN SELECT RAISE(ABORT, 'disk full'); END",
-      );
+      const diskBack = failAppends(gateway.db);
       await rejects(tick(), /disk full/);
-      gateway.db.exec("DROP TRIGGER disk_full");
+      diskBack();
       await tick();
-      // A crash now: another process opens the file as it is.
-      const after = new DatabaseSync(dbPath);
-      try {
-        const replica = new TwinStorage(after).loadAll().get("arm-1")!;
-        equal(TwinDoc.load("arm-1", replica).resolve().fields.runtimeMs?.value, 120);
-      } finally {
-        after.close();
-      }
+      equal(loadAfterCrash(dbPath, "arm-1").resolve().fields.runtimeMs?.value, 120);
     } finally {
       await gateway.stop();
       await Deno.remove(dir, { recursive: true });
@@ -500,10 +499,7 @@ Deno.test({
 
       // What a crash now would load: the current epoch alone, holding everything.
       await a.service.flushNow();
-      const crashView = new DatabaseSync(dbPath);
-      const stored = new TwinStorage(crashView).loadAll().get("arm-1")!;
-      crashView.close();
-      const loaded = TwinDoc.load("arm-1", stored);
+      const loaded = loadAfterCrash(dbPath, "arm-1");
       equal(loaded.storedEpoch(), a.service.stats().epochs_started);
       ok(loaded.history(1000).length <= rebaseAfterOps, `${loaded.history(1000).length} changes`);
       equal(loaded.resolve().fields["weldCount"]?.value, 60);
