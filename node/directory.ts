@@ -32,20 +32,22 @@ export class AssetDirectory {
     private readonly mesh: GatewayRoster,
   ) {}
 
-  ownerOf(assetId: string): string | undefined {
+  /**
+   * Peer IDs of the gateway that drives an asset or cell: one, or none while
+   * unknown. Two only where two gateways claim one name (a misconfiguration
+   * the mesh logs): a stop then goes to both rather than to a guess.
+   */
+  ownersOf(assetId: string): string[] {
     const name = ownerNameOf(assetId);
-    if (name === this.self.name) return this.self.peerId;
+    const out = name === this.self.name ? [this.self.peerId] : [];
     for (const [peerId, identity] of this.mesh.knownGateways()) {
-      if (identity.name === name) return peerId;
+      if (identity.name === name) out.push(peerId);
     }
-    return undefined;
+    return out;
   }
 
   gatewaysIn(target: EstopTarget): string[] {
-    if (target.kind === "asset" || target.kind === "cell") {
-      const owner = this.ownerOf(target.id);
-      return owner ? [owner] : [];
-    }
+    if (target.kind === "asset" || target.kind === "cell") return this.ownersOf(target.id);
     const out = [this.self.peerId];
     for (const [peerId, identity] of this.mesh.knownGateways()) {
       if (target.kind === "all" || identity.factory === (target.id ?? this.self.factory)) {

@@ -88,8 +88,11 @@ export interface EstopLogger {
 
 /** Where assets live: provided by the gateway's directory. */
 export interface EstopDirectory {
-  /** Peer ID of the gateway owning `assetId`, if known. */
-  ownerOf(assetId: string): string | undefined;
+  /**
+   * Peer IDs of the gateway owning `assetId`: none while unknown, more than
+   * one only where gateways share a name (each is sent the stop).
+   */
+  ownersOf(assetId: string): string[];
   /** Gateways (peer IDs) in a cell/factory/all scope; may include this gateway. */
   gatewaysIn(target: EstopTarget): string[];
   /** Assets of this gateway that `target` covers (possibly none). */
@@ -542,7 +545,7 @@ class DefaultEstopService implements EstopService {
     }
     if (
       params.target.kind === "asset" && local.length === 0 &&
-      this.#c.ownerOf(params.target.id) === undefined
+      this.#c.ownersOf(params.target.id).length === 0
     ) {
       this.#parkUnresolved(id, params.target.id, frame, hlc.wallMs, owners);
     }
@@ -1292,9 +1295,9 @@ class DefaultEstopService implements EstopService {
   #ownersOf(target: EstopTarget): string[] {
     let owners: string[];
     if (target.kind === "asset") {
-      const owner = this.#c.ownerOf(target.id);
+      owners = this.#c.ownersOf(target.id);
       // Unknown owner: fail safe, ask every gateway of the factory (each acks for what it owns).
-      owners = owner !== undefined ? [owner] : this.#c.gatewaysIn({ kind: "factory" });
+      if (owners.length === 0) owners = this.#c.gatewaysIn({ kind: "factory" });
     } else {
       owners = this.#c.gatewaysIn(target);
     }
@@ -1333,23 +1336,26 @@ class DefaultEstopService implements EstopService {
         this.#giveUpParked(id, parked.assetId, "window");
         continue;
       }
-      const owner = this.#c.ownerOf(parked.assetId);
-      if (owner === undefined) continue;
+      const known = this.#c.ownersOf(parked.assetId);
+      if (known.length === 0) continue;
       this.#unresolved.delete(id);
-      if (owner === this.#self || parked.asked.includes(owner)) continue;
+      const owners = known.filter((owner) => owner !== this.#self && !parked.asked.includes(owner));
+      if (owners.length === 0) continue;
       this.#c.logger.info("e-stop target's owner now known; sending", {
         id,
         assetId: parked.assetId,
-        owner,
+        owners,
       });
       const record = this.#recent.get(id);
-      if (record && !record.missing.includes(owner)) record.missing.push(owner);
+      for (const owner of owners) {
+        if (record && !record.missing.includes(owner)) record.missing.push(owner);
+      }
       this.#perform(this.#dispatcher.addOwners(
-        { id, type: "stop", frame: parked.frame, owners: [owner], hlcWallMs: parked.hlcWallMs },
+        { id, type: "stop", frame: parked.frame, owners, hlcWallMs: parked.hlcWallMs },
         nowMs,
         this.#links,
       ));
-      this.#queueOutbox([owner], id, "stop", parked.frame, parked.hlcWallMs);
+      this.#queueOutbox(owners, id, "stop", parked.frame, parked.hlcWallMs);
       this.#scheduleDispatch();
     }
   }

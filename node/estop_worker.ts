@@ -105,7 +105,7 @@ async function start(init: EstopWorkerInit) {
     clock,
     privateKey,
     logger: log,
-    ownerOf: (id) => directory.ownerOf(id),
+    ownersOf: (id) => directory.ownersOf(id),
     gatewaysIn: (target) => directory.gatewaysIn(target),
     localAssets: (target) => directory.localAssets(target),
     linkPeers: () => [...roster.knownGateways().keys()],

@@ -11,6 +11,12 @@
  * - Every gateway announces `name`, `factory` and `region` in its identify
  *   agent string; a connected peer that never identifies as a twinmesh
  *   gateway is not listed.
+ * - Names are unique in the mesh: asset ids, and so e-stop routing, hang on
+ *   them. A name that another peer ID held while it is not connected moves
+ *   to the new one (a gateway replaced, or its data dir and key renewed);
+ *   a name two connected gateways (or this one) claim at once is a
+ *   misconfiguration: logged as an error at every identify and counted, and
+ *   kept on both, so a stop for its assets goes to both.
  * - Round-trip times come from libp2p ping, refreshed periodically.
  */
 import type { Connection, PeerId } from "@libp2p/interface";
@@ -128,7 +134,16 @@ export class Mesh {
   /** When a failed mDNS dial to a peer was last logged as a warning. */
   readonly #dialFailedAt = new Map<string, number>();
   readonly #sightings: EventTarget | undefined;
-  readonly stats = { dialFailures: 0, reconnects: 0, discoveries: 0, reidentified: 0 };
+  readonly stats = {
+    dialFailures: 0,
+    reconnects: 0,
+    discoveries: 0,
+    reidentified: 0,
+    /** Names taken over from a peer ID that was not connected (see the module comment). */
+    namesMoved: 0,
+    /** Identifies of a name that a connected gateway, or this one, holds too. */
+    nameConflicts: 0,
+  };
   events: MeshEvents = {};
 
   constructor(init: MeshInit, components: MeshComponents) {
@@ -169,6 +184,7 @@ export class Mesh {
       }
       const entry = this.#entry(id);
       const isNew = entry.identity === undefined;
+      this.#claimName(id, identity);
       entry.identity = identity;
       entry.via ??= identity.factory === this.#init.self.factory ? "mdns" : "configured";
       if (isNew) {
@@ -285,6 +301,33 @@ export class Mesh {
         error: String(err),
       });
     }).finally(() => this.#reidentifying.delete(id));
+  }
+
+  /** Settles who else holds `identity.name` now that peer `id` claims it (see the module comment). */
+  #claimName(id: string, identity: GatewayIdentity): void {
+    const conflict = (holder: string) => {
+      this.stats.nameConflicts++;
+      this.#log.error("two gateways claim one name; give each its own --name", {
+        name: identity.name,
+        remote: id,
+        holder,
+      });
+    };
+    if (identity.name === this.#init.self.name) conflict("this gateway");
+    for (const [otherId, other] of this.#known) {
+      if (otherId === id || other.identity?.name !== identity.name) continue;
+      if (this.#libp2p.getConnections(peerIdFromString(otherId)).length > 0) {
+        conflict(otherId);
+        continue;
+      }
+      this.stats.namesMoved++;
+      this.#log.warn("gateway name moved to a new peer ID (replaced or re-keyed)", {
+        name: identity.name,
+        remote: id,
+        previous: otherId,
+      });
+      other.identity = undefined;
+    }
   }
 
   #entry(id: string): KnownPeer {

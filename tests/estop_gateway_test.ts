@@ -501,7 +501,7 @@ Deno.test("an e-stop stream whose connection closed during the dial is a failed 
     clock: new HybridLogicalClock({ node: self.toString() }),
     privateKey: selfKey,
     logger: { debug() {}, info() {}, warn() {}, error() {} },
-    ownerOf: () => undefined,
+    ownersOf: () => [],
     gatewaysIn: () => [],
     localAssets: () => [],
     linkPeers: () => [remote.toString()],

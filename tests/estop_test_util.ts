@@ -48,8 +48,9 @@ export class TestDirectory {
   readonly owners = new Map<string, string>();
   readonly gateways: string[] = [];
 
-  ownerOf(assetId: string): string | undefined {
-    return this.owners.get(assetId);
+  ownersOf(assetId: string): string[] {
+    const owner = this.owners.get(assetId);
+    return owner ? [owner] : [];
   }
 
   gatewaysIn(target: EstopTarget): string[] {
@@ -149,7 +150,7 @@ export async function createTestGateway(options: TestGatewayOptions): Promise<Te
     clock,
     privateKey,
     logger: testLogger,
-    ownerOf: (assetId) => directory.ownerOf(assetId),
+    ownersOf: (assetId) => directory.ownersOf(assetId),
     gatewaysIn: (target) => directory.gatewaysIn(target),
     localAssets: (target) => directory.localAssets(peerId, target),
     stopAssets: (assetIds, reason) => {

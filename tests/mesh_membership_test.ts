@@ -1,8 +1,10 @@
 /**
- * Mesh membership over two real libp2p nodes, driven by mDNS answers: a
- * peer whose first dial failed is dialled again on the next answer, and a
- * peer that is connected but never identified (its identify exchange was
- * missed) is identified again.
+ * Mesh membership over real libp2p nodes. Driven by mDNS answers: a peer
+ * whose first dial failed is dialled again on the next answer, and a peer
+ * that is connected but never identified (its identify exchange was missed)
+ * is identified again. Names: a name moves to a new peer ID once its old
+ * holder is gone, and a name claimed twice at once makes e-stops for its
+ * assets go to every claimant.
  */
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { generateKeyPair } from "@libp2p/crypto/keys";
@@ -11,7 +13,8 @@ import { multiaddr } from "@multiformats/multiaddr";
 import { createMeshNode, MdnsSightings, type MeshNode } from "../node/libp2p.ts";
 import { freePort } from "../scripts/mesh_processes.ts";
 import { formatAgent, Mesh, REIDENTIFY_AFTER_MS } from "../node/mesh.ts";
-import { silentLogger } from "../node/log.ts";
+import { AssetDirectory } from "../node/directory.ts";
+import { createLogger, silentLogger } from "../node/log.ts";
 import { waitUntil } from "./wait.ts";
 
 async function node(name: string, port = 0, key?: PrivateKey): Promise<MeshNode> {
@@ -94,5 +97,74 @@ Deno.test("a peer whose first dial failed is dialled again on the next mDNS answ
     mesh.stop();
     await a.stop();
     await b.stop();
+  }
+});
+
+/** Gateway "a" with its mesh and asset directory (no local assets). */
+function watcher(a: MeshNode) {
+  const lines: Array<{ level: string; holder?: string }> = [];
+  const logger = createLogger({ format: "json", write: (line) => lines.push(JSON.parse(line)) });
+  const mesh = new Mesh({ self: { name: "a", factory: "f", region: "r" }, peers: [] }, {
+    libp2p: a,
+    logger,
+  });
+  const directory = new AssetDirectory(
+    { peerId: a.peerId.toString(), name: "a", factory: "f" },
+    new Map(),
+    mesh,
+  );
+  mesh.start();
+  return { errors: () => lines.filter((l) => l.level === "error"), mesh, directory };
+}
+
+async function connect(a: MeshNode, b: MeshNode, mesh: Mesh): Promise<void> {
+  await a.dial(b.getMultiaddrs()[0]!);
+  const id = b.peerId.toString();
+  await waitUntil(() => mesh.peers().some((p) => p.peerId === id), 5_000, `${id} identified`, 20);
+}
+
+Deno.test("a name whose peer ID is gone moves to the gateway that claims it next", async () => {
+  const a = await node("a");
+  const old = await node("b");
+  const { errors, mesh, directory } = watcher(a);
+  let renewed: MeshNode | undefined;
+  try {
+    await connect(a, old, mesh);
+    assertEquals(directory.ownersOf("b.arm-0"), [old.peerId.toString()]);
+    await old.stop(); // replaced: the same name comes back with a new key
+    await waitUntil(() => a.getPeers().length === 0, 5_000, "the old b gone", 20);
+    renewed = await node("b");
+    await connect(a, renewed, mesh);
+    assertEquals(directory.ownersOf("b.arm-0"), [renewed.peerId.toString()]);
+    assertEquals([...mesh.knownGateways().keys()], [renewed.peerId.toString()]);
+    assertEquals([mesh.stats.namesMoved, mesh.stats.nameConflicts], [1, 0]);
+    assertEquals(errors(), []);
+  } finally {
+    mesh.stop();
+    await a.stop();
+    await renewed?.stop();
+  }
+});
+
+Deno.test("a name two connected gateways claim is a logged conflict, and its assets' stops go to both", async () => {
+  const a = await node("a");
+  const twins = [await node("b"), await node("b")];
+  const mine = await node("a"); // claims this gateway's own name
+  const { errors, mesh, directory } = watcher(a);
+  try {
+    for (const b of twins) await connect(a, b, mesh);
+    const ids = twins.map((b) => b.peerId.toString());
+    assertEquals(directory.ownersOf("b.arm-0").sort(), [...ids].sort());
+    assertEquals(directory.gatewaysIn({ kind: "cell", id: "b.cell" }).sort(), [...ids].sort());
+    await connect(a, mine, mesh);
+    assertEquals(directory.ownersOf("a.arm-0"), [a.peerId.toString(), mine.peerId.toString()]);
+    // Logged at every identify of a claimant (a reconnection or an identify push repeats it).
+    assertEquals(mesh.stats.namesMoved, 0);
+    assertEquals(mesh.stats.nameConflicts, errors().length);
+    assertEquals([...new Set(errors().map((l) => l.holder))], [ids[0], "this gateway"]);
+  } finally {
+    mesh.stop();
+    await a.stop();
+    for (const b of [...twins, mine]) await b.stop();
   }
 });
