@@ -468,6 +468,45 @@ Deno.test("a stop issued while the owner is down is delivered when it is back, f
   }
 });
 
+Deno.test("a stop for a gateway replaced under its name (new data dir, new key) goes to the replacement", async () => {
+  const dir = tempDir("estop-replaced");
+  const factory = uniqueFactory("replaced");
+  const originPort = freePort();
+  const owner = {
+    name: "own",
+    factory,
+    listenPort: freePort(),
+    peers: [addrOf(originPort)],
+    extraArgs: ["--no-mdns"],
+  };
+  const origin = await startGateway({
+    name: "org",
+    factory,
+    dir,
+    listenPort: originPort,
+    extraArgs: ["--no-mdns"],
+  });
+  const first = await startGateway({ ...owner, dir: `${dir}/first` });
+  let replacement: GatewayProcess | undefined;
+  try {
+    assert(await linked([origin, first], 1, 10_000), "e-stop link not up");
+    const firstId = await peerIdOf(first);
+    await stopGateway(first);
+    replacement = await startGateway({ ...owner, dir: `${dir}/replacement` });
+    const replacementId = await peerIdOf(replacement);
+    assert(replacementId !== firstId, "the replacement has a key of its own");
+    assert(await linked([origin, replacement], 1, 10_000), "e-stop link to the replacement");
+
+    const id = await issueStop(origin, { asset: "own.arm-0" }, "after replacement");
+    assert(await eventually(() => latches(replacement!, "own.arm-0", id), 5_000), "not latched");
+    assert(await eventually(() => ackedBy(origin, id, replacementId), 3_000), "no ack");
+    const record = (await estopOf(origin)).recent.find((r) => r.id === id)!;
+    assertEquals(record.missing, [], "the stop waits for the replaced gateway's old peer ID");
+  } finally {
+    await stopAll([origin, first, ...(replacement ? [replacement] : [])]);
+  }
+});
+
 // Regression (found by the ten-gateway test: two of ten processes died): when two gateways
 // dial each other at once, libp2p closes one connection, and an e-stop stream could be
 // opened on a connection that is gone by the time the dial resolves. The service asserted
