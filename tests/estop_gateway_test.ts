@@ -112,6 +112,33 @@ async function ackedBy(origin: GatewayProcess, id: string, owner: string): Promi
 }
 
 /** Waits until every gateway has a live e-stop link to `count` others. */
+/**
+ * Options of an origin gateway "org" and of an owner "own" that links to it
+ * by configured peer (no mDNS), in a factory of their own. The owner's
+ * options start it again on the same data dir (and ports).
+ */
+function originAndOwner(label: string) {
+  const dir = tempDir(`estop-${label}`);
+  const factory = uniqueFactory(label);
+  const originPort = freePort();
+  const originOptions = {
+    name: "org",
+    factory,
+    dir,
+    listenPort: originPort,
+    extraArgs: ["--no-mdns"],
+  };
+  const ownerOptions = {
+    name: "own",
+    factory,
+    dir,
+    listenPort: freePort(),
+    peers: [addrOf(originPort)],
+    extraArgs: ["--no-mdns"],
+  };
+  return { dir, originOptions, ownerOptions };
+}
+
 async function linked(gateways: GatewayProcess[], count: number, timeoutMs: number) {
   return await eventually(
     async () => {
@@ -297,19 +324,9 @@ Deno.test("a reset racing a new stop leaves the arm stopped; an operator reset r
 });
 
 Deno.test("an owner killed with SIGKILL right after acking restarts latched, with the arm stopped", async () => {
-  const dir = tempDir("estop-kill");
-  const factory = uniqueFactory("kill");
-  const originPort = freePort();
-  const ownerOptions = {
-    name: "own",
-    factory,
-    dir,
-    listenPort: freePort(),
-    peers: [addrOf(originPort)],
-    extraArgs: ["--no-mdns"],
-  };
+  const { originOptions, ownerOptions } = originAndOwner("kill");
   const [origin, owner] = await Promise.all([
-    startGateway({ name: "org", factory, dir, listenPort: originPort, extraArgs: ["--no-mdns"] }),
+    startGateway(originOptions),
     startGateway(ownerOptions),
   ]);
   let again: GatewayProcess | undefined;
@@ -422,19 +439,9 @@ Deno.test("a stop crosses regions between two factories linked only by configure
 });
 
 Deno.test("a stop issued while the owner is down is delivered when it is back, flagged late", async () => {
-  const dir = tempDir("estop-late");
-  const factory = uniqueFactory("late");
-  const originPort = freePort();
-  const ownerOptions = {
-    name: "own",
-    factory,
-    dir,
-    listenPort: freePort(),
-    peers: [addrOf(originPort)],
-    extraArgs: ["--no-mdns"],
-  };
+  const { originOptions, ownerOptions } = originAndOwner("late");
   const [origin, owner] = await Promise.all([
-    startGateway({ name: "org", factory, dir, listenPort: originPort, extraArgs: ["--no-mdns"] }),
+    startGateway(originOptions),
     startGateway(ownerOptions),
   ]);
   let again: GatewayProcess | undefined;
@@ -469,30 +476,17 @@ Deno.test("a stop issued while the owner is down is delivered when it is back, f
 });
 
 Deno.test("a stop for a gateway replaced under its name (new data dir, new key) goes to the replacement", async () => {
-  const dir = tempDir("estop-replaced");
-  const factory = uniqueFactory("replaced");
-  const originPort = freePort();
-  const owner = {
-    name: "own",
-    factory,
-    listenPort: freePort(),
-    peers: [addrOf(originPort)],
-    extraArgs: ["--no-mdns"],
-  };
-  const origin = await startGateway({
-    name: "org",
-    factory,
-    dir,
-    listenPort: originPort,
-    extraArgs: ["--no-mdns"],
-  });
-  const first = await startGateway({ ...owner, dir: `${dir}/first` });
+  const { dir, originOptions, ownerOptions } = originAndOwner("replaced");
+  const [origin, first] = await Promise.all([
+    startGateway(originOptions),
+    startGateway({ ...ownerOptions, dir: `${dir}/first` }),
+  ]);
   let replacement: GatewayProcess | undefined;
   try {
     assert(await linked([origin, first], 1, 10_000), "e-stop link not up");
     const firstId = await peerIdOf(first);
     await stopGateway(first);
-    replacement = await startGateway({ ...owner, dir: `${dir}/replacement` });
+    replacement = await startGateway({ ...ownerOptions, dir: `${dir}/replacement` });
     const replacementId = await peerIdOf(replacement);
     assert(replacementId !== firstId, "the replacement has a key of its own");
     assert(await linked([origin, replacement], 1, 10_000), "e-stop link to the replacement");
