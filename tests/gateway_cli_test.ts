@@ -109,6 +109,25 @@ Deno.test("--help lists every flag with its default and exits 0", async () => {
   assertMatch(result.stdout, /--no-estop-realtime .*\[default: estopRealtime on\]/);
 });
 
+Deno.test("bench NAME --help prints that benchmark's options without running it", async () => {
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-read",
+      new URL("../scripts/bench.ts", import.meta.url).pathname,
+      "twins",
+      "--help",
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(output.stdout);
+  assert(output.code === 0, new TextDecoder().decode(output.stderr));
+  assertMatch(text, /^`deno task bench twins`/);
+  assertMatch(text, /Options: `--duration-s n` \(30/);
+  assert(!text.includes("@example"), text);
+});
+
 Deno.test("loadConfig applies file < env < flag precedence and validates the result", () => {
   const dir = tempDir("cfg");
   const file = `${dir}/gw.json`;
