@@ -111,7 +111,6 @@ async function ackedBy(origin: GatewayProcess, id: string, owner: string): Promi
   return record?.acks.some((a) => a.peer === owner) ?? false;
 }
 
-/** Waits until every gateway has a live e-stop link to `count` others. */
 /**
  * Options of an origin gateway "org" and of an owner "own" that links to it
  * by configured peer (no mDNS), in a factory of their own. The owner's
@@ -139,6 +138,7 @@ function originAndOwner(label: string) {
   return { dir, originOptions, ownerOptions };
 }
 
+/** Waits until every gateway has a live e-stop link to `count` others. */
 async function linked(gateways: GatewayProcess[], count: number, timeoutMs: number) {
   return await eventually(
     async () => {
