@@ -82,6 +82,16 @@ async function connect(a: Gateway, b: Gateway): Promise<void> {
 
 const options = { sanitizeOps: false, sanitizeResources: false };
 
+/** Runs `test` with the path of a new SQLite file in a temporary dir, removed afterwards. */
+async function withDbPath(test: (dbPath: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "twin_service_" });
+  try {
+    await test(`${dir}/gateway.db`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
 /** A twin as a restart after a crash now would load it: another connection reads the file. */
 function loadAfterCrash(dbPath: string, id: string): TwinDoc {
   const other = new DatabaseSync(dbPath);
@@ -103,42 +113,41 @@ function failAppends(db: DatabaseSync): () => void {
 Deno.test({
   name: "commands nobody waits for are published at once but stored once per publish interval",
   ...options,
-  fn: async () => {
-    const dir = Deno.makeTempDirSync({ prefix: "twinmesh-persist-" });
-    // An interval longer than the test: only command ticks run.
-    const a = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }], {
-      dbPath: `${dir}/twins.db`,
-      publishIntervalMs: 60_000,
-    });
-    try {
-      const rows = () =>
-        (a.db.prepare("SELECT count(*) AS n FROM twin_log").get() as { n: number }).n;
-      const before = { ...a.service.stats(), rows: rows() };
-      for (const current of [150, 160, 170, 180]) {
-        a.service.command("arm-1", { setpoints: { weldCurrentA: current } });
+  fn: () =>
+    withDbPath(async (dbPath) => {
+      // An interval longer than the test: only command ticks run.
+      const a = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }], {
+        dbPath,
+        publishIntervalMs: 60_000,
+      });
+      try {
+        const rows = () =>
+          (a.db.prepare("SELECT count(*) AS n FROM twin_log").get() as { n: number }).n;
+        const before = { ...a.service.stats(), rows: rows() };
+        for (const current of [150, 160, 170, 180]) {
+          a.service.command("arm-1", { setpoints: { weldCurrentA: current } });
+          await eventually(
+            () =>
+              a.service.stats().changes_committed > before.changes_committed + (current - 150) / 10,
+            5_000,
+            "the command tick ran",
+          );
+          await new Promise((resolve) => setTimeout(resolve, 10));
+        }
         await eventually(
-          () =>
-            a.service.stats().changes_committed > before.changes_committed + (current - 150) / 10,
+          () => a.service.stats().gossip_published - before.gossip_published >= 4,
           5_000,
-          "the command tick ran",
+          "every command published at once",
         );
-        await new Promise((resolve) => setTimeout(resolve, 10));
+        equal(a.service.stats().persisted_chunks, before.persisted_chunks, "none stored yet");
+        equal(rows(), before.rows);
+        await a.service.flushNow();
+        equal(rows(), before.rows + 1, "one log row for the four commands");
+        equal(a.service.stats().persisted_chunks, before.persisted_chunks + 1);
+      } finally {
+        await a.stop();
       }
-      await eventually(
-        () => a.service.stats().gossip_published - before.gossip_published >= 4,
-        5_000,
-        "every command published at once",
-      );
-      equal(a.service.stats().persisted_chunks, before.persisted_chunks, "none stored yet");
-      equal(rows(), before.rows);
-      await a.service.flushNow();
-      equal(rows(), before.rows + 1, "one log row for the four commands");
-      equal(a.service.stats().persisted_chunks, before.persisted_chunks + 1);
-    } finally {
-      await a.stop();
-      Deno.removeSync(dir, { recursive: true });
-    }
-  },
+    }),
 });
 
 Deno.test({
@@ -354,10 +363,8 @@ Deno.test({
 Deno.test({
   name: "a restarted gateway loads its twins from the SQLite file",
   ...options,
-  fn: async () => {
-    const dir = await Deno.makeTempDir({ prefix: "twin_service_" });
-    const dbPath = `${dir}/gateway.db`;
-    try {
+  fn: () =>
+    withDbPath(async (dbPath) => {
       const first = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }], { dbPath });
       for (let i = 0; i < 20; i++) {
         first.service.writeMeasured("arm-1", {
@@ -377,148 +384,141 @@ Deno.test({
       } finally {
         await second.stop();
       }
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
+    }),
 });
 
 Deno.test({
   name: "whenStored() resolves once the commands are committed, and rejects if the store fails",
   ...options,
-  fn: async () => {
-    const dir = await Deno.makeTempDir({ prefix: "twin_service_" });
-    const dbPath = `${dir}/gateway.db`;
-    // An interval longer than the test: only a waited-for command makes a tick store.
-    const gateway = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }], {
-      dbPath,
-      publishIntervalMs: 60_000,
-    });
-    const storedCurrent = () =>
-      loadAfterCrash(dbPath, "arm-1").resolve().fields["setpoints.weldCurrentA"]?.value;
-    try {
-      await gateway.service.whenStored(); // nothing pending: at once
-      gateway.service.command("arm-1", { setpoints: { weldCurrentA: 150 } });
-      gateway.service.command("arm-1", { setpoints: { weldCurrentA: 160 } });
-      equal(storedCurrent(), undefined, "not stored at the write");
-      await gateway.service.whenStored();
-      equal(storedCurrent(), 160);
-
-      const diskBack = failAppends(gateway.db);
-      gateway.service.command("arm-1", { setpoints: { weldCurrentA: 170 } });
-      await rejects(gateway.service.whenStored(), (error: Error) => {
-        ok(error instanceof TwinNotStoredError, String(error));
-        ok(/disk full/.test(error.message), error.message);
-        return true;
+  fn: () =>
+    withDbPath(async (dbPath) => {
+      // An interval longer than the test: only a waited-for command makes a tick store.
+      const gateway = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }], {
+        dbPath,
+        publishIntervalMs: 60_000,
       });
-      equal(storedCurrent(), 160);
-      diskBack();
-      // The failed store's chunk is kept and goes with the next one.
-      await gateway.service.whenStored();
-      equal(storedCurrent(), 170);
-    } finally {
-      await gateway.stop();
-    }
-    gateway.service.command("arm-1", { setpoints: { weldCurrentA: 180 } });
-    await rejects(gateway.service.whenStored(), TwinNotStoredError);
-    await Deno.remove(dir, { recursive: true });
-  },
+      const storedCurrent = () =>
+        loadAfterCrash(dbPath, "arm-1").resolve().fields["setpoints.weldCurrentA"]?.value;
+      try {
+        await gateway.service.whenStored(); // nothing pending: at once
+        gateway.service.command("arm-1", { setpoints: { weldCurrentA: 150 } });
+        gateway.service.command("arm-1", { setpoints: { weldCurrentA: 160 } });
+        equal(storedCurrent(), undefined, "not stored at the write");
+        await gateway.service.whenStored();
+        equal(storedCurrent(), 160);
+
+        const diskBack = failAppends(gateway.db);
+        gateway.service.command("arm-1", { setpoints: { weldCurrentA: 170 } });
+        await rejects(gateway.service.whenStored(), (error: Error) => {
+          ok(error instanceof TwinNotStoredError, String(error));
+          ok(/disk full/.test(error.message), error.message);
+          return true;
+        });
+        equal(storedCurrent(), 160);
+        diskBack();
+        // The failed store's chunk is kept and goes with the next one.
+        await gateway.service.whenStored();
+        equal(storedCurrent(), 170);
+      } finally {
+        await gateway.stop();
+      }
+      gateway.service.command("arm-1", { setpoints: { weldCurrentA: 180 } });
+      await rejects(gateway.service.whenStored(), TwinNotStoredError);
+    }),
 });
 
 Deno.test({
   name: "chunks a failed append did not store go with the next one: the file loads after a crash",
   ...options,
-  fn: async () => {
-    const dir = await Deno.makeTempDir({ prefix: "twin_service_" });
-    const dbPath = `${dir}/gateway.db`;
-    const gateway = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }], { dbPath });
-    try {
-      const tick = async () => {
-        gateway.service.writeMeasured("arm-1", { counters: { runtimeMs: 40 } });
-        await gateway.service.flushNow();
-      };
-      await tick();
-      const diskBack = failAppends(gateway.db);
-      await rejects(tick(), /disk full/);
-      diskBack();
-      await tick();
-      equal(loadAfterCrash(dbPath, "arm-1").resolve().fields.runtimeMs?.value, 120);
-    } finally {
-      await gateway.stop();
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
+  fn: () =>
+    withDbPath(async (dbPath) => {
+      const gateway = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }], {
+        dbPath,
+      });
+      try {
+        const tick = async () => {
+          gateway.service.writeMeasured("arm-1", { counters: { runtimeMs: 40 } });
+          await gateway.service.flushNow();
+        };
+        await tick();
+        const diskBack = failAppends(gateway.db);
+        await rejects(tick(), /disk full/);
+        diskBack();
+        await tick();
+        equal(loadAfterCrash(dbPath, "arm-1").resolve().fields.runtimeMs?.value, 120);
+      } finally {
+        await gateway.stop();
+      }
+    }),
 });
 
 Deno.test({
   name:
     "an owner moves a long twin to a new epoch: a peer follows, nothing is lost, a restart loads it",
   ...options,
-  fn: async () => {
-    const dir = Deno.makeTempDirSync({ prefix: "twinmesh-epoch-" });
-    const dbPath = `${dir}/a.db`;
-    const rebaseAfterOps = 60;
-    // No size-triggered compaction: only the epoch switch may replace stored chunks.
-    const compactAfterChunks = 1_000_000;
-    let a = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }], {
-      dbPath,
-      rebaseAfterOps,
-      compactAfterChunks,
-    });
-    const b = await startGateway("gw-b", [], { rebaseAfterOps });
-    try {
-      await connect(a, b);
-      await eventually(() => b.service.list().length === 1, 10_000, "b knows arm-1");
-      // Writes from both sides, well past the bound: several epochs.
-      for (let i = 1; i <= 60; i++) {
-        a.service.writeMeasured("arm-1", {
-          joints: [i / 100, 0.2, 0.3, 0.4, 0.5, 0.6],
-          counters: { weldCount: 1 },
-        });
-        b.service.command("arm-1", { setpoints: { weldCurrentA: 100 + i } });
-        await a.service.flushNow();
-        await b.service.flushNow();
-      }
-      const same = () =>
-        JSON.stringify(a.service.get("arm-1")) === JSON.stringify(b.service.get("arm-1"));
-      await eventually(same, 10_000, "equal state on both gateways");
-      const state = a.service.get("arm-1");
-      equal(state.fields["joints.a1"]?.value, 0.6);
-      equal(state.fields["weldCount"]?.value, 60, "every increment counted once across epochs");
-      equal(state.fields["setpoints.weldCurrentA"]?.value, 160);
-      ok(
-        a.service.stats().epochs_started >= 2,
-        `epochs started: ${a.service.stats().epochs_started}`,
-      );
-      ok(
-        b.service.stats().epochs_adopted >= 2,
-        `epochs adopted: ${b.service.stats().epochs_adopted}`,
-      );
-      // The history stays short: the current epoch only.
-      ok(a.service.history("arm-1", 1000).length <= rebaseAfterOps);
-
-      // What a crash now would load: the current epoch alone, holding everything.
-      await a.service.flushNow();
-      const loaded = loadAfterCrash(dbPath, "arm-1");
-      equal(loaded.storedEpoch(), a.service.stats().epochs_started);
-      ok(loaded.history(1000).length <= rebaseAfterOps, `${loaded.history(1000).length} changes`);
-      equal(loaded.resolve().fields["weldCount"]?.value, 60);
-      equal(loaded.resolve().fields["setpoints.weldCurrentA"]?.value, 160);
-
-      // A restart loads the current epoch from storage, equal to what was served.
-      await a.stop();
-      a = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }], {
+  fn: () =>
+    withDbPath(async (dbPath) => {
+      const rebaseAfterOps = 60;
+      // No size-triggered compaction: only the epoch switch may replace stored chunks.
+      const compactAfterChunks = 1_000_000;
+      let a = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }], {
         dbPath,
         rebaseAfterOps,
         compactAfterChunks,
       });
-      deepStrictEqual(a.service.get("arm-1").fields, state.fields);
-      // Only the current epoch was stored (old epochs' chunks were replaced, not appended to).
-      ok(a.service.history("arm-1", 1000).length <= rebaseAfterOps);
-    } finally {
-      await a.stop();
-      await b.stop();
-      Deno.removeSync(dir, { recursive: true });
-    }
-  },
+      const b = await startGateway("gw-b", [], { rebaseAfterOps });
+      try {
+        await connect(a, b);
+        await eventually(() => b.service.list().length === 1, 10_000, "b knows arm-1");
+        // Writes from both sides, well past the bound: several epochs.
+        for (let i = 1; i <= 60; i++) {
+          a.service.writeMeasured("arm-1", {
+            joints: [i / 100, 0.2, 0.3, 0.4, 0.5, 0.6],
+            counters: { weldCount: 1 },
+          });
+          b.service.command("arm-1", { setpoints: { weldCurrentA: 100 + i } });
+          await a.service.flushNow();
+          await b.service.flushNow();
+        }
+        const same = () =>
+          JSON.stringify(a.service.get("arm-1")) === JSON.stringify(b.service.get("arm-1"));
+        await eventually(same, 10_000, "equal state on both gateways");
+        const state = a.service.get("arm-1");
+        equal(state.fields["joints.a1"]?.value, 0.6);
+        equal(state.fields["weldCount"]?.value, 60, "every increment counted once across epochs");
+        equal(state.fields["setpoints.weldCurrentA"]?.value, 160);
+        ok(
+          a.service.stats().epochs_started >= 2,
+          `epochs started: ${a.service.stats().epochs_started}`,
+        );
+        ok(
+          b.service.stats().epochs_adopted >= 2,
+          `epochs adopted: ${b.service.stats().epochs_adopted}`,
+        );
+        // The history stays short: the current epoch only.
+        ok(a.service.history("arm-1", 1000).length <= rebaseAfterOps);
+
+        // What a crash now would load: the current epoch alone, holding everything.
+        await a.service.flushNow();
+        const loaded = loadAfterCrash(dbPath, "arm-1");
+        equal(loaded.storedEpoch(), a.service.stats().epochs_started);
+        ok(loaded.history(1000).length <= rebaseAfterOps, `${loaded.history(1000).length} changes`);
+        equal(loaded.resolve().fields["weldCount"]?.value, 60);
+        equal(loaded.resolve().fields["setpoints.weldCurrentA"]?.value, 160);
+
+        // A restart loads the current epoch from storage, equal to what was served.
+        await a.stop();
+        a = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }], {
+          dbPath,
+          rebaseAfterOps,
+          compactAfterChunks,
+        });
+        deepStrictEqual(a.service.get("arm-1").fields, state.fields);
+        // Only the current epoch was stored (old epochs' chunks were replaced, not appended to).
+        ok(a.service.history("arm-1", 1000).length <= rebaseAfterOps);
+      } finally {
+        await a.stop();
+        await b.stop();
+      }
+    }),
 });
