@@ -236,6 +236,7 @@ async function assemble(
       if (addresses.length > 0) estop.setAddresses(peer, addresses);
     });
   };
+  mesh.events.onRosterChanged = () => estop.setRoster(mesh.knownGateways());
   publishEstopGossip = (frame) => gossip.publish(ESTOP_TOPIC, frame);
   estop.onEvent((event) => {
     if (event.type === "released") { for (const id of event.assets) assets.get(id)?.release(); }

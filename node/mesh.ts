@@ -12,11 +12,12 @@
  *   agent string; a connected peer that never identifies as a twinmesh
  *   gateway is not listed.
  * - Names are unique in the mesh: asset ids, and so e-stop routing, hang on
- *   them. A name that another peer ID held while it is not connected moves
- *   to the new one (a gateway replaced, or its data dir and key renewed);
- *   a name two connected gateways (or this one) claim at once is a
- *   misconfiguration: logged as an error at every identify and counted, and
- *   kept on both, so a stop for its assets goes to both.
+ *   them. A name moves to a new peer ID when the peer ID that held it is not
+ *   connected (a gateway replaced, or its data dir and key renewed), at the
+ *   new one's identify or at the old one's disconnection. A name two
+ *   connected gateways (or this one) claim at once is a misconfiguration:
+ *   logged as an error at every identify and counted, and kept on both while
+ *   both are connected, so a stop for its assets goes to both.
  * - Round-trip times come from libp2p ping, refreshed periodically.
  */
 import type { Connection, PeerId } from "@libp2p/interface";
@@ -117,6 +118,8 @@ export interface MeshComponents {
 export interface MeshEvents {
   /** A gateway connected and identified itself (again on every reconnection). */
   onGateway?: (peerId: string, identity: GatewayIdentity) => void;
+  /** knownGateways() lost a name's claim other than at an identify (see #forgetStaleClaims). */
+  onRosterChanged?: () => void;
 }
 
 /** Membership service; see the module comment. */
@@ -196,7 +199,13 @@ export class Mesh {
       const id = (event as CustomEvent<PeerId>).detail.toString();
       const entry = this.#known.get(id);
       if (entry?.identity) {
-        this.#log.info("gateway left", { remote: id, name: entry.identity.name });
+        const { name } = entry.identity;
+        this.#log.info("gateway left", { remote: id, name });
+        // A claimant that was still connected when this one identified keeps the name now.
+        const holder = [...this.#known].find(([other, e]) =>
+          other !== id && e.identity?.name === name && this.#connected(other)
+        );
+        if (holder && this.#forgetStaleClaims(holder[0], name) > 0) this.events.onRosterChanged?.();
       }
       if (entry) entry.rttMs = null;
       for (const peer of this.#configured) {
@@ -315,19 +324,35 @@ export class Mesh {
     };
     if (identity.name === this.#init.self.name) conflict("this gateway");
     for (const [otherId, other] of this.#known) {
-      if (otherId === id || other.identity?.name !== identity.name) continue;
-      if (this.#libp2p.getConnections(peerIdFromString(otherId)).length > 0) {
+      if (otherId !== id && other.identity?.name === identity.name && this.#connected(otherId)) {
         conflict(otherId);
-        continue;
       }
+    }
+    this.#forgetStaleClaims(id, identity.name);
+  }
+
+  /**
+   * Drops the claims on `name` of peers not connected while connected
+   * `holder` claims it; returns how many.
+   */
+  #forgetStaleClaims(holder: string, name: string): number {
+    let dropped = 0;
+    for (const [otherId, other] of this.#known) {
+      if (otherId === holder || other.identity?.name !== name || this.#connected(otherId)) continue;
       this.stats.namesMoved++;
       this.#log.warn("gateway name moved to a new peer ID (replaced or re-keyed)", {
-        name: identity.name,
-        remote: id,
+        name,
+        remote: holder,
         previous: otherId,
       });
       other.identity = undefined;
+      dropped++;
     }
+    return dropped;
+  }
+
+  #connected(peerId: string): boolean {
+    return this.#libp2p.getConnections(peerIdFromString(peerId)).length > 0;
   }
 
   #entry(id: string): KnownPeer {
@@ -352,7 +377,7 @@ export class Mesh {
 
   async #dialConfigured(peer: ConfiguredPeer): Promise<void> {
     if (!this.#running) return;
-    if (peer.peerId && this.#libp2p.getConnections(peerIdFromString(peer.peerId)).length > 0) {
+    if (peer.peerId && this.#connected(peer.peerId)) {
       peer.attempt = 0;
       return;
     }

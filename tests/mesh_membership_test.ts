@@ -146,7 +146,7 @@ Deno.test("a name whose peer ID is gone moves to the gateway that claims it next
   }
 });
 
-Deno.test("a name two connected gateways claim is a logged conflict, and its assets' stops go to both", async () => {
+Deno.test("a name two connected gateways claim is a logged conflict; its assets' stops go to both while both are connected", async () => {
   const a = await node("a");
   const twins = [await node("b"), await node("b")];
   const mine = await node("a"); // claims this gateway's own name
@@ -162,6 +162,18 @@ Deno.test("a name two connected gateways claim is a logged conflict, and its ass
     assertEquals(mesh.stats.namesMoved, 0);
     assertEquals(mesh.stats.nameConflicts, errors().length);
     assertEquals([...new Set(errors().map((l) => l.holder))], [ids[0], "this gateway"]);
+
+    let rosterChanges = 0;
+    mesh.events.onRosterChanged = () => rosterChanges++;
+    await twins[1]!.stop(); // the name stays with the claimant still connected
+    await waitUntil(
+      () => directory.ownersOf("b.arm-0").length === 1,
+      5_000,
+      "the gone claimant forgotten",
+      20,
+    );
+    assertEquals(directory.ownersOf("b.arm-0"), [ids[0]]);
+    assertEquals([mesh.stats.namesMoved, rosterChanges], [1, 1]);
   } finally {
     mesh.stop();
     await a.stop();
