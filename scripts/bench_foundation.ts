@@ -1,7 +1,13 @@
 /**
  * Foundation benchmark: discovery time of 10 gateways on this host (mDNS),
  * process start to HTTP ready, and the idle RSS of one gateway with 4 assets.
- * Last line: {"discovery_s","start_s","idle_rss_mb"}.
+ * Last line: {"discovery_s","start_s","idle_rss_mb",…}.
+ *
+ * Idle RSS is the largest of one sample a second from 10 s to 40 s after the
+ * gateway is ready: a gateway's RSS keeps rising for ~20 s after start (its
+ * native allocator's arenas fill as code gets optimised and the first twin
+ * summaries and detector windows are written) and then wanders by a few MB,
+ * so one early sample (as before: 10 s) read 3-8 MB below the steady state.
  */
 import { join } from "node:path";
 import {
@@ -16,7 +22,9 @@ import {
 
 const GATEWAYS = 10;
 const START_RUNS = 3;
-const IDLE_SETTLE_MS = 10_000;
+/** Idle RSS is sampled once a second in this window after ready (see the module comment). */
+const IDLE_FROM_MS = 10_000;
+const IDLE_UNTIL_MS = 40_000;
 
 function spawn(dir: string, name: string, factory: string, assets: number): GatewayProcess {
   return spawnGateway({
@@ -69,14 +77,32 @@ async function startTime(dir: string, run: number): Promise<number> {
   }
 }
 
-async function idleRss(dir: string): Promise<number> {
+interface IdleRss {
+  /** Largest sample: the figure the target is checked against. */
+  maxMb: number;
+  /** The first sample (10 s after ready): what this benchmark reported before. */
+  firstMb: number;
+  medianMb: number;
+}
+
+async function idleRss(dir: string): Promise<IdleRss> {
   const gateway = spawn(dir, "idle", `idle-${crypto.randomUUID().slice(0, 6)}`, 4);
   try {
     await waitReady(gateway);
-    await delay(IDLE_SETTLE_MS);
-    const status = Deno.readTextFileSync(`/proc/${gateway.child.pid}/status`);
-    const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1]);
-    return kb / 1024;
+    const readyAt = performance.now();
+    await delay(IDLE_FROM_MS);
+    const samples: number[] = [];
+    while (performance.now() - readyAt <= IDLE_UNTIL_MS) {
+      const status = Deno.readTextFileSync(`/proc/${gateway.child.pid}/status`);
+      samples.push(Number(/VmRSS:\s+(\d+)/.exec(status)?.[1]) / 1024);
+      await delay(1000);
+    }
+    const sorted = [...samples].sort((a, b) => a - b);
+    return {
+      maxMb: sorted[sorted.length - 1]!,
+      firstMb: samples[0]!,
+      medianMb: sorted[Math.floor(sorted.length / 2)]!,
+    };
   } finally {
     await stopGateway(gateway);
   }
@@ -91,22 +117,33 @@ export async function main(_args: string[]): Promise<number> {
   for (let i = 0; i < START_RUNS; i++) starts.push(await startTime(dir, i));
   starts.sort((a, b) => a - b);
   const startS = starts[Math.floor(starts.length / 2)]!;
-  console.error(`bench foundation: idle RSS after ${IDLE_SETTLE_MS / 1000} s…`);
-  const rssMb = await idleRss(dir);
+  console.error(
+    `bench foundation: idle RSS, sampled ${IDLE_FROM_MS / 1000}-${
+      IDLE_UNTIL_MS / 1000
+    } s after ready…`,
+  );
+  const rss = await idleRss(dir);
   Deno.removeSync(dir, { recursive: true });
 
   const rows: Array<[string, string, string]> = [
     ["discovery (all ready → full mesh)", `${found.fromReadyS.toFixed(3)} s`, "≤ 2 s"],
     ["discovery (spawn → full mesh)", `${found.fromSpawnS.toFixed(3)} s`, "(incl. process start)"],
     [`start (spawn → HTTP ready, median of ${START_RUNS})`, `${startS.toFixed(3)} s`, "≤ 1 s"],
-    ["idle RSS, 4 assets", `${rssMb.toFixed(1)} MB`, "≤ 150 MB"],
+    ["idle RSS, 4 assets (largest sample)", `${rss.maxMb.toFixed(1)} MB`, "≤ 150 MB"],
+    [
+      "idle RSS: median / first sample",
+      `${rss.medianMb.toFixed(1)} / ${rss.firstMb.toFixed(1)} MB`,
+      "",
+    ],
   ];
   console.log("metric".padEnd(40) + "value".padEnd(14) + "target");
   for (const [m, v, t] of rows) console.log(m.padEnd(40) + v.padEnd(14) + t);
   console.log(JSON.stringify({
     discovery_s: round(found.fromReadyS),
     start_s: round(startS),
-    idle_rss_mb: Math.round(rssMb * 10) / 10,
+    idle_rss_mb: Math.round(rss.maxMb * 10) / 10,
+    idle_rss_median_mb: Math.round(rss.medianMb * 10) / 10,
+    idle_rss_first_mb: Math.round(rss.firstMb * 10) / 10,
   }));
   return 0;
 }
