@@ -4,7 +4,7 @@
  */
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { GATEWAY_V8_FLAGS } from "../node/config.ts";
+import { GATEWAY_MALLOC_ARENA_MAX, GATEWAY_V8_FLAGS } from "../node/config.ts";
 
 export const REPO_ROOT = fileURLToPath(new URL("..", import.meta.url));
 const MOD_TS = join(REPO_ROOT, "mod.ts");
@@ -52,6 +52,11 @@ export function gatewayArgs(spec: GatewaySpec): string[] {
   return [...args, ...(spec.extraArgs ?? [])];
 }
 
+/** Environment a gateway process starts with (see GATEWAY_MALLOC_ARENA_MAX); an operator's own value wins. */
+function gatewayEnv(): Record<string, string> {
+  return Deno.env.get("MALLOC_ARENA_MAX") ? {} : { MALLOC_ARENA_MAX: GATEWAY_MALLOC_ARENA_MAX };
+}
+
 /** Spawns one gateway process (does not wait for it to be ready). */
 export function spawnGateway(spec: GatewaySpec): GatewayProcess {
   Deno.mkdirSync(spec.dataDir, { recursive: true });
@@ -73,7 +78,7 @@ export function spawnGateway(spec: GatewaySpec): GatewayProcess {
     stdin: "null",
     stdout: "null",
     stderr: "null",
-    env: { NO_COLOR: "1", TWINMESH_LOG_FILE: spec.logFile },
+    env: { NO_COLOR: "1", TWINMESH_LOG_FILE: spec.logFile, ...gatewayEnv() },
   }).spawn();
   const status = child.status;
   return { spec, child, http: `http://127.0.0.1:${spec.httpPort}`, status };

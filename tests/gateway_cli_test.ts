@@ -5,6 +5,7 @@ import {
   ConfigError,
   defaultConfig,
   envName,
+  GATEWAY_MALLOC_ARENA_MAX,
   GATEWAY_V8_FLAGS,
   helpText,
   loadConfig,
@@ -167,9 +168,14 @@ Deno.test("loadConfig rejects unknown config-file fields and bad values with the
   assert(helpText().includes("TWINMESH_DATA_DIR"));
 });
 
-Deno.test("deno.json runs and compiles the gateway with the gateway's V8 flags", () => {
+Deno.test("deno.json runs and compiles the gateway with its V8 flags, and runs it with its malloc arena limit", () => {
   const tasks = JSON.parse(Deno.readTextFileSync(new URL("../deno.json", import.meta.url))).tasks;
   for (const task of ["gateway", "compile"]) {
     assert(tasks[task].includes(`--v8-flags=${GATEWAY_V8_FLAGS}`), `task ${task}: ${tasks[task]}`);
   }
+  // glibc reads it at process start: the task sets it (a compiled binary's service unit must).
+  assert(
+    tasks.gateway.startsWith(`MALLOC_ARENA_MAX=${GATEWAY_MALLOC_ARENA_MAX} `),
+    `task gateway: ${tasks.gateway}`,
+  );
 });

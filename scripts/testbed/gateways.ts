@@ -18,7 +18,7 @@ import {
   TestbedUnavailableError,
 } from "./errors.ts";
 import { sleep } from "./exec.ts";
-import { GATEWAY_V8_FLAGS } from "../../node/config.ts";
+import { GATEWAY_MALLOC_ARENA_MAX, GATEWAY_V8_FLAGS } from "../../node/config.ts";
 import { isAlive, killHard, type ProcRecord, restartProcess, spawnProcess } from "./procs.ts";
 import type { StatePaths } from "./state.ts";
 import { allHosts, type HostSpec, type Topology } from "./topology.ts";
@@ -138,7 +138,7 @@ export async function startGateways(
         name: gatewayProcName(host),
         ns: host.ns,
         argv: gatewayArgv(topology, host, paths, options),
-        env: { NO_COLOR: "1" },
+        env: { NO_COLOR: "1", MALLOC_ARENA_MAX: GATEWAY_MALLOC_ARENA_MAX },
         cwd: REPO_ROOT,
       }),
     );
