@@ -80,6 +80,14 @@ export interface TwinsBenchReport {
   loop_lag_max_ms: number | null;
   /** Bytes the gateways caused to be written to disk, per gateway per second (/proc/<pid>/io). */
   disk_write_mb_per_s: number | null;
+  /**
+   * Time the gateways' event-loop threads spent runnable but waiting for a
+   * core, per unit of CPU time they got, after the warm-up
+   * (`/proc/<pid>/schedstat`): 0 on an idle host; 0.5 means every
+   * millisecond of work was preceded, on average, by half a millisecond of
+   * waiting for a core. Null where schedstat is missing.
+   */
+  loop_thread_runqueue_wait_per_cpu: number | null;
 }
 
 const GATEWAYS = 3;
@@ -298,6 +306,22 @@ function cpuSeconds(pid: number): number | null {
   }
 }
 
+/**
+ * Nanoseconds a process's main (event-loop) thread has run and has waited on
+ * a run queue so far (`/proc/<pid>/schedstat`, the thread whose id is the
+ * process id); null where schedstat is missing.
+ */
+function loopThreadSchedstat(pid: number): { runNs: number; waitNs: number } | null {
+  try {
+    const [runNs, waitNs] = Deno.readTextFileSync(`/proc/${pid}/schedstat`).split(" ").map(Number);
+    return Number.isFinite(runNs) && Number.isFinite(waitNs)
+      ? { runNs: runNs!, waitNs: waitNs! }
+      : null;
+  } catch {
+    return null;
+  }
+}
+
 /** Bytes a process has caused to be written to storage so far; null where /proc is missing. */
 function writeBytes(pid: number): number | null {
   try {
@@ -348,6 +372,8 @@ interface RunResult {
   gatewayCpuS: number | null;
   gatewayWriteBytes: number | null;
   benchCpuS: number | null;
+  /** Run-queue wait per CPU time of the gateways' event-loop threads after the warm-up. */
+  loopThreadWaitPerCpu: number | null;
   loadAverage: number | null;
   counters: Record<string, number> | null;
   loopLagMaxMs: number | null;
@@ -374,6 +400,7 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
     gatewayCpuS: null,
     gatewayWriteBytes: null,
     benchCpuS: null,
+    loopThreadWaitPerCpu: null,
     loadAverage: null,
     counters: null,
     loopLagMaxMs: null,
@@ -384,6 +411,8 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
     gatewayCpuS: total(gatewayPids, cpuSeconds),
     gatewayWriteBytes: total(gatewayPids, writeBytes),
     benchCpuS: cpuSeconds(Deno.pid),
+    loopRunNs: total(gatewayPids, (pid) => loopThreadSchedstat(pid)?.runNs ?? null),
+    loopWaitNs: total(gatewayPids, (pid) => loopThreadSchedstat(pid)?.waitNs ?? null),
   });
   // CPU and disk figures cover the same window as the latency figures.
   let usageBefore: ReturnType<typeof usage> | undefined;
@@ -486,6 +515,10 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
     result.gatewayCpuS = spent("gatewayCpuS");
     result.gatewayWriteBytes = spent("gatewayWriteBytes");
     result.benchCpuS = spent("benchCpuS");
+    const [runNs, waitNs] = [spent("loopRunNs"), spent("loopWaitNs")];
+    result.loopThreadWaitPerCpu = runNs === null || waitNs === null || runNs === 0
+      ? null
+      : Math.round((waitNs / runNs) * 100) / 100;
   }
   await Promise.all(follows);
   result.loadAverage = loadAverage();
@@ -583,6 +616,11 @@ function printTable(result: RunResult, options: Options): void {
     } |`,
   );
   console.log(`| bench process CPU, cores busy | ${perS(result.benchCpuS)} |`);
+  console.log(
+    `| gateway event-loop threads: run-queue wait per ms of CPU | ${
+      result.loopThreadWaitPerCpu ?? "n/a"
+    } ms |`,
+  );
   console.log(`| disk writes per gateway | ${diskMbPerS(result) ?? "n/a"} MB/s |`);
   console.log(
     `| worst gateway event-loop lag after the warm-up | ${result.loopLagMaxMs ?? "n/a"} ms |`,
@@ -649,6 +687,7 @@ export async function main(args: string[]): Promise<TwinsBenchReport> {
     sync_sessions: result.counters?.twinmesh_twins_sync_sessions ?? null,
     loop_lag_max_ms: result.loopLagMaxMs,
     disk_write_mb_per_s: diskMbPerS(result),
+    loop_thread_runqueue_wait_per_cpu: result.loopThreadWaitPerCpu,
   };
   console.log(JSON.stringify(report));
   return report;
