@@ -4,10 +4,10 @@
  * Last line: {"discovery_s","start_s","idle_rss_mb",…}.
  *
  * Idle RSS is the largest of one sample a second from 10 s to 40 s after the
- * gateway is ready: a gateway's RSS keeps rising for ~20 s after start (its
- * native allocator's arenas fill as code gets optimised and the first twin
- * summaries and detector windows are written) and then wanders by a few MB,
- * so one early sample (as before: 10 s) read 3-8 MB below the steady state.
+ * gateway is ready: a gateway's RSS keeps rising for ~20 s after start (the
+ * growth is in glibc's malloc arenas, see GATEWAY_MALLOC_ARENA_MAX) and then
+ * wanders by a few MB, so one early sample (as before: 10 s) read 3-8 MB
+ * below the steady state.
  */
 import { join } from "node:path";
 import {
