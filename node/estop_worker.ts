@@ -10,7 +10,6 @@
 import { createLibp2p } from "libp2p";
 import { tcp } from "@libp2p/tcp";
 import { noise } from "@chainsafe/libp2p-noise";
-import { yamux } from "@chainsafe/libp2p-yamux";
 import { preSharedKey } from "@libp2p/pnet";
 import { privateKeyFromProtobuf } from "@libp2p/crypto/keys";
 import { peerIdFromPrivateKey, peerIdFromString } from "@libp2p/peer-id";
@@ -32,6 +31,7 @@ import { LoopLagMonitor } from "./loop_lag.ts";
 import { openStore } from "./storage.ts";
 import { walSync } from "./estop_storage.ts";
 import { join } from "node:path";
+import { yamuxMuxer } from "./yamux_window.ts";
 
 /** Meta key of the clock's high-water mark in `estop.db` (the main thread keeps its own). */
 export const ESTOP_HLC_META_KEY = "hlc.persistedWallMs";
@@ -91,7 +91,7 @@ async function start(init: EstopWorkerInit) {
     addresses: { listen: init.listen },
     transports: [tcp()],
     connectionEncrypters: [noise()],
-    streamMuxers: [yamux()],
+    streamMuxers: [yamuxMuxer()],
     ...(init.meshKey ? { connectionProtector: preSharedKey({ psk: init.meshKey }) } : {}),
     // The main node's limits (node/libp2p.ts; not imported, which would load
     // gossipsub, mDNS and metrics into this thread for two numbers).

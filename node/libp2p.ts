@@ -6,7 +6,6 @@
 import { createLibp2p, type Libp2p } from "libp2p";
 import { tcp } from "@libp2p/tcp";
 import { noise } from "@chainsafe/libp2p-noise";
-import { yamux } from "@chainsafe/libp2p-yamux";
 import { type Identify, identify } from "@libp2p/identify";
 import { type Ping, ping } from "@libp2p/ping";
 import { type GossipSub, gossipsub } from "@libp2p/gossipsub";
@@ -15,6 +14,7 @@ import { preSharedKey } from "@libp2p/pnet";
 import { prometheusMetrics } from "@libp2p/prometheus-metrics";
 import type { PrivateKey } from "@libp2p/interface";
 import type { Registry } from "prom-client";
+import { yamuxMuxer } from "./yamux_window.ts";
 
 export const TWINMESH_VERSION = "0.1.0";
 
@@ -118,7 +118,7 @@ export function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     addresses: { listen: init.listen },
     transports: [tcp()],
     connectionEncrypters: [noise()],
-    streamMuxers: [yamux()],
+    streamMuxers: [yamuxMuxer()],
     ...(init.meshKey ? { connectionProtector: preSharedKey({ psk: init.meshKey }) } : {}),
     peerDiscovery: init.mdns
       ? [mdnsWithStartBurst(mdnsServiceTag(init.factory), init.sightings)]
