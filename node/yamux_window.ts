@@ -27,16 +27,11 @@ interface ReceiveWindow {
   recvWindowCapacity: number;
 }
 
-interface WindowUpdater {
-  sendWindowUpdate(this: YamuxStream): void;
-  /** Set on the replacement, so loading this module twice wraps once. */
-  halfWindowRule?: true;
-}
+/** The method the rule wraps; the mark makes loading this module twice wrap once. */
+type SendWindowUpdate = ((this: YamuxStream) => void) & { halfWindowRule?: true };
 
-const proto = YamuxStream.prototype as unknown as {
-  sendWindowUpdate: WindowUpdater["sendWindowUpdate"];
-};
-const original = proto.sendWindowUpdate as WindowUpdater["sendWindowUpdate"] & WindowUpdater;
+const proto = YamuxStream.prototype as unknown as { sendWindowUpdate: SendWindowUpdate };
+const original = proto.sendWindowUpdate;
 if (typeof original !== "function") {
   // A yamux release without the method this module adjusts: fail loudly, not silently.
   throw new Error("@chainsafe/libp2p-yamux: YamuxStream.sendWindowUpdate not found");
