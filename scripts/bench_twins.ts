@@ -307,19 +307,25 @@ function cpuSeconds(pid: number): number | null {
 }
 
 /**
- * Nanoseconds a process's main (event-loop) thread has run and has waited on
- * a run queue so far (`/proc/<pid>/schedstat`, the thread whose id is the
- * process id); null where schedstat is missing.
+ * Nanoseconds the main (event-loop) threads of `pids` have run and have
+ * waited on a run queue so far, summed (`/proc/<pid>/schedstat` is the thread
+ * whose id is the process id); null where schedstat is missing.
  */
-function loopThreadSchedstat(pid: number): { runNs: number; waitNs: number } | null {
-  try {
-    const [runNs, waitNs] = Deno.readTextFileSync(`/proc/${pid}/schedstat`).split(" ").map(Number);
-    return Number.isFinite(runNs) && Number.isFinite(waitNs)
-      ? { runNs: runNs!, waitNs: waitNs! }
-      : null;
-  } catch {
-    return null;
+function loopThreadsSchedstat(pids: readonly number[]): { runNs: number; waitNs: number } | null {
+  const sum = { runNs: 0, waitNs: 0 };
+  for (const pid of pids) {
+    try {
+      const [runNs, waitNs] = Deno.readTextFileSync(`/proc/${pid}/schedstat`).split(" ").map(
+        Number,
+      );
+      if (!Number.isFinite(runNs) || !Number.isFinite(waitNs)) return null;
+      sum.runNs += runNs!;
+      sum.waitNs += waitNs!;
+    } catch {
+      return null;
+    }
   }
+  return sum;
 }
 
 /** Bytes a process has caused to be written to storage so far; null where /proc is missing. */
@@ -406,14 +412,17 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
     loopLagMaxMs: null,
   };
   const gatewayPids = gateways.map((g) => g.child.pid);
-  const usage = () => ({
-    atMs: performance.now(),
-    gatewayCpuS: total(gatewayPids, cpuSeconds),
-    gatewayWriteBytes: total(gatewayPids, writeBytes),
-    benchCpuS: cpuSeconds(Deno.pid),
-    loopRunNs: total(gatewayPids, (pid) => loopThreadSchedstat(pid)?.runNs ?? null),
-    loopWaitNs: total(gatewayPids, (pid) => loopThreadSchedstat(pid)?.waitNs ?? null),
-  });
+  const usage = () => {
+    const loopThreads = loopThreadsSchedstat(gatewayPids);
+    return {
+      atMs: performance.now(),
+      gatewayCpuS: total(gatewayPids, cpuSeconds),
+      gatewayWriteBytes: total(gatewayPids, writeBytes),
+      benchCpuS: cpuSeconds(Deno.pid),
+      loopRunNs: loopThreads?.runNs ?? null,
+      loopWaitNs: loopThreads?.waitNs ?? null,
+    };
+  };
   // CPU and disk figures cover the same window as the latency figures.
   let usageBefore: ReturnType<typeof usage> | undefined;
   const follows: Promise<void>[] = [];
