@@ -52,11 +52,6 @@ export function gatewayArgs(spec: GatewaySpec): string[] {
   return [...args, ...(spec.extraArgs ?? [])];
 }
 
-/** Environment a gateway process starts with (see GATEWAY_MALLOC_ARENA_MAX); an operator's own value wins. */
-function gatewayEnv(): Record<string, string> {
-  return Deno.env.get("MALLOC_ARENA_MAX") ? {} : { MALLOC_ARENA_MAX: GATEWAY_MALLOC_ARENA_MAX };
-}
-
 /** Spawns one gateway process (does not wait for it to be ready). */
 export function spawnGateway(spec: GatewaySpec): GatewayProcess {
   Deno.mkdirSync(spec.dataDir, { recursive: true });
@@ -78,7 +73,12 @@ export function spawnGateway(spec: GatewaySpec): GatewayProcess {
     stdin: "null",
     stdout: "null",
     stderr: "null",
-    env: { NO_COLOR: "1", TWINMESH_LOG_FILE: spec.logFile, ...gatewayEnv() },
+    env: {
+      NO_COLOR: "1",
+      TWINMESH_LOG_FILE: spec.logFile,
+      // See GATEWAY_MALLOC_ARENA_MAX; an operator's own value wins.
+      MALLOC_ARENA_MAX: Deno.env.get("MALLOC_ARENA_MAX") || GATEWAY_MALLOC_ARENA_MAX,
+    },
   }).spawn();
   const status = child.status;
   return { spec, child, http: `http://127.0.0.1:${spec.httpPort}`, status };
