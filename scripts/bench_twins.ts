@@ -25,7 +25,11 @@
  * in the figures), `--rate n` writes/s in all (600), `--assets n`
  * per gateway (20), `--sample-every n` (10), `--read wait|poll` (wait),
  * `--poll-interval-ms n` (2),
- * `--telemetry-hz n` (10; the gateway default is 100), `--keep` (keep logs).
+ * `--telemetry-hz n` (10; the gateway default is 100), `--keep` (keep logs),
+ * `--samples-out FILE` (one JSON line per followed write and observer:
+ * `{"at_ms","warmup","writer","observer","twin","post_ms","visible_ms"}`,
+ * `at_ms` from the run's start, `visible_ms` null when never seen; for
+ * finding when slow samples happen, e.g. against `--trace-gc` output).
  *
  * @example
  * ```ts ignore
@@ -138,6 +142,7 @@ interface Options {
   pollIntervalMs: number;
   telemetryHz: number;
   keep: boolean;
+  samplesOut: string | undefined;
 }
 
 function parseOptions(args: string[]): Options {
@@ -153,6 +158,7 @@ function parseOptions(args: string[]): Options {
       "poll-interval-ms": { type: "string", default: "2" },
       "telemetry-hz": { type: "string", default: "10" },
       keep: { type: "boolean", default: false },
+      "samples-out": { type: "string" },
     },
   });
   const number = (name: string, text: string, min: number) => {
@@ -181,6 +187,7 @@ function parseOptions(args: string[]): Options {
     pollIntervalMs: number("poll-interval-ms", values["poll-interval-ms"], 0),
     telemetryHz: number("telemetry-hz", values["telemetry-hz"], 0.1),
     keep: values.keep,
+    samplesOut: values["samples-out"],
   };
 }
 
@@ -383,6 +390,8 @@ interface RunResult {
   loadAverage: number | null;
   counters: Record<string, number> | null;
   loopLagMaxMs: number | null;
+  /** Every followed sample, for `--samples-out`; empty without it. */
+  sampleLines: string[];
 }
 
 /** Issues writes at the aggregate rate for the duration; follows every `sampleEvery`th. */
@@ -410,6 +419,7 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
     loadAverage: null,
     counters: null,
     loopLagMaxMs: null,
+    sampleLines: [],
   };
   const gatewayPids = gateways.map((g) => g.child.pid);
   const usage = () => {
@@ -428,12 +438,13 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
   const follows: Promise<void>[] = [];
   let inFlight = 0;
   let seq = 0;
+  const startedAt = performance.now();
   const write = async (index: number, followed: boolean, recorded: boolean) => {
-    const round = Math.floor(index / arms.length);
+    const pass = Math.floor(index / arms.length);
     const id = arms[index % arms.length]!;
-    const setpoint = SETPOINTS[round % SETPOINTS.length]!;
-    const writer = gateways[(index + round) % gateways.length]!;
-    const value = setpointValue(setpoint, round);
+    const setpoint = SETPOINTS[pass % SETPOINTS.length]!;
+    const writer = gateways[(index + pass) % gateways.length]!;
+    const value = setpointValue(setpoint, pass);
     const issuedAt = performance.now();
     inFlight++;
     let hlc: string;
@@ -458,7 +469,8 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
     result.writes++;
     if (recorded) result.recordedWrites++;
     if (!followed) return;
-    if (recorded) result.postMs.push(performance.now() - issuedAt);
+    const postMs = performance.now() - issuedAt;
+    if (recorded) result.postMs.push(postMs);
     const field = `setpoints.${setpoint}`;
     const pollRtts = recorded ? result.pollRtts : [];
     for (const observer of gateways) {
@@ -466,6 +478,17 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
       follows.push(
         followOn(observer, id, field, hlc, issuedAt, options, pollRtts)
           .then((sample) => {
+            if (options.samplesOut) {
+              result.sampleLines.push(JSON.stringify({
+                at_ms: round(issuedAt - startedAt),
+                warmup: !recorded,
+                writer: writer.spec.name,
+                observer: observer.spec.name,
+                twin: id,
+                post_ms: round(postMs),
+                visible_ms: sample ? round(sample.visibleMs) : null,
+              }));
+            }
             if (!recorded) {
               if (sample) result.warmupVisibleMs.push(sample.visibleMs);
               else result.warmupNotVisible++;
@@ -477,7 +500,6 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
       );
     }
   };
-  const startedAt = performance.now();
   // A gateway's lag figure is the maximum of its last LOOP_LAG_WINDOW_S
   // seconds: only samples whose window lies wholly after the warm-up count
   // (the warm-up's catching up reaches ~100 ms and would hide the run's).
@@ -676,6 +698,11 @@ export async function main(args: string[]): Promise<TwinsBenchReport> {
     else Deno.removeSync(dir, { recursive: true });
   }
   printTable(result, options);
+  if (options.samplesOut) {
+    result.sampleLines.sort((a, b) => JSON.parse(a).at_ms - JSON.parse(b).at_ms);
+    Deno.writeTextFileSync(options.samplesOut, result.sampleLines.map((l) => `${l}\n`).join(""));
+    console.error(`bench twins: ${result.sampleLines.length} samples in ${options.samplesOut}`);
+  }
   const visible = result.samples.map((s) => s.visibleMs).sort((a, b) => a - b);
   const report: TwinsBenchReport = {
     update_p50_ms: percentile(visible, 50),
