@@ -131,6 +131,19 @@ interface Sample {
   lowerMs: number | null;
 }
 
+/** One line of `--samples-out`. */
+interface SampleRecord {
+  /** Issue time of the write, from the run's start. */
+  at_ms: number;
+  warmup: boolean;
+  writer: string;
+  observer: string;
+  twin: string;
+  post_ms: number;
+  /** Null when the write was never seen on the observer. */
+  visible_ms: number | null;
+}
+
 interface Options {
   durationS: number;
   warmupS: number;
@@ -391,7 +404,7 @@ interface RunResult {
   counters: Record<string, number> | null;
   loopLagMaxMs: number | null;
   /** Every followed sample, for `--samples-out`; empty without it. */
-  sampleLines: string[];
+  sampleRecords: SampleRecord[];
 }
 
 /** Issues writes at the aggregate rate for the duration; follows every `sampleEvery`th. */
@@ -419,7 +432,7 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
     loadAverage: null,
     counters: null,
     loopLagMaxMs: null,
-    sampleLines: [],
+    sampleRecords: [],
   };
   const gatewayPids = gateways.map((g) => g.child.pid);
   const usage = () => {
@@ -479,7 +492,7 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
         followOn(observer, id, field, hlc, issuedAt, options, pollRtts)
           .then((sample) => {
             if (options.samplesOut) {
-              result.sampleLines.push(JSON.stringify({
+              result.sampleRecords.push({
                 at_ms: round(issuedAt - startedAt),
                 warmup: !recorded,
                 writer: writer.spec.name,
@@ -487,7 +500,7 @@ async function run(gateways: readonly GatewayProcess[], options: Options): Promi
                 twin: id,
                 post_ms: round(postMs),
                 visible_ms: sample ? round(sample.visibleMs) : null,
-              }));
+              });
             }
             if (!recorded) {
               if (sample) result.warmupVisibleMs.push(sample.visibleMs);
@@ -699,9 +712,12 @@ export async function main(args: string[]): Promise<TwinsBenchReport> {
   }
   printTable(result, options);
   if (options.samplesOut) {
-    result.sampleLines.sort((a, b) => JSON.parse(a).at_ms - JSON.parse(b).at_ms);
-    Deno.writeTextFileSync(options.samplesOut, result.sampleLines.map((l) => `${l}\n`).join(""));
-    console.error(`bench twins: ${result.sampleLines.length} samples in ${options.samplesOut}`);
+    const records = result.sampleRecords.sort((a, b) => a.at_ms - b.at_ms);
+    Deno.writeTextFileSync(
+      options.samplesOut,
+      records.map((r) => `${JSON.stringify(r)}\n`).join(""),
+    );
+    console.error(`bench twins: ${records.length} samples in ${options.samplesOut}`);
   }
   const visible = result.samples.map((s) => s.visibleMs).sort((a, b) => a - b);
   const report: TwinsBenchReport = {
