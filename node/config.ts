@@ -47,8 +47,9 @@ export interface GatewayConfig {
    */
   estopPort: number;
   /**
-   * Run the e-stop thread in Linux's real-time class (SCHED_FIFO) so a stop
-   * preempts other work; needs CAP_SYS_NICE, else it warns and runs normally.
+   * Run the e-stop thread at raised priority (nice -20) so a stop preempts
+   * other work; needs CAP_SYS_NICE, else it warns and runs normally. (The
+   * name is from when this meant Linux's real-time class; see estop_worker.ts.)
    */
   estopRealtime: boolean;
   /** Peer IDs holding the operator role (may reset e-stops). */

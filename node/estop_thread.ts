@@ -50,7 +50,7 @@ export interface EstopWorkerInit {
   self: { peerId: string; name: string; factory: string };
   service: EstopServiceInit;
   logLevel: LogLevel;
-  /** Ask for SCHED_FIFO (see estop_worker.ts). */
+  /** Ask for raised priority, nice -20 (see estop_worker.ts). */
   realtime: boolean;
 }
 

@@ -7,6 +7,7 @@
  * the asset's slot is set, then the main thread is told (for the adapters'
  * own stop, the twin and traces).
  */
+import os from "node:os";
 import { createLibp2p } from "libp2p";
 import { tcp } from "@libp2p/tcp";
 import { noise } from "@chainsafe/libp2p-noise";
@@ -130,7 +131,7 @@ async function start(init: EstopWorkerInit) {
 
   await node.start();
   await service.start();
-  if (init.realtime) await raisePriority(log);
+  if (init.realtime) raisePriority(log);
   const lag = new LoopLagMonitor();
   lag.start();
   const statsTimer = setInterval(() => {
@@ -172,33 +173,33 @@ async function start(init: EstopWorkerInit) {
   };
 }
 
-/** Real-time priority of the e-stop thread (SCHED_FIFO, 1..99; 99 is the kernel's own). */
-export const ESTOP_THREAD_RT_PRIORITY = 20;
+/** Nice value of the e-stop thread (-20 is the highest CFS weight, ~87 times a default thread's). */
+export const ESTOP_THREAD_NICE = -20;
 
 /**
- * Puts this thread in Linux's real-time class, so a stop frame preempts the
- * gateway's other work (twin merges, telemetry, HTTP) the moment it arrives
- * instead of waiting for a time slice. Needs CAP_SYS_NICE (root, or systemd's
- * `AmbientCapabilities=CAP_SYS_NICE`); without it the thread keeps the normal
- * class and says so. The kernel's real-time throttling (by default 5 % of
- * every second left to other classes) bounds what a runaway thread could take.
+ * Gives this thread the highest weight in Linux's normal scheduler, so a stop
+ * frame's wake-up preempts the gateway's other work (twin merges, telemetry,
+ * HTTP) instead of waiting for a time slice. Needs CAP_SYS_NICE (root, or
+ * systemd's `AmbientCapabilities=CAP_SYS_NICE`); without it the thread keeps
+ * nice 0 and says so.
+ *
+ * Not the real-time class (SCHED_FIFO), which this thread used before: V8's
+ * GC makes the thread wait for helper threads of normal priority, and a
+ * real-time thread that waits by spinning keeps them off its core. With three
+ * gateways on two cores the isolate's first memory-reducing GC, ~40 s after
+ * start, spun two e-stop threads for ~1 s each until the kernel's real-time
+ * throttling broke the livelock; meanwhile the thread handled no stops and
+ * everything else on the host stood still.
  */
-async function raisePriority(log: { info: LogFn; warn: LogFn }): Promise<void> {
+function raisePriority(log: { info: LogFn; warn: LogFn }): void {
   if (Deno.build.os !== "linux") return;
   try {
-    const tid = Deno.readLinkSync("/proc/thread-self").split("/").at(-1)!;
-    const result = await new Deno.Command("chrt", {
-      args: ["--fifo", "--pid", String(ESTOP_THREAD_RT_PRIORITY), tid],
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    if (!result.success) throw new Error(new TextDecoder().decode(result.stderr).trim());
-    log.info("e-stop thread runs at real-time priority", {
-      policy: "SCHED_FIFO",
-      priority: ESTOP_THREAD_RT_PRIORITY,
-    });
+    // On Linux a thread id is a valid `who` for setpriority(2): only this thread changes.
+    const tid = Number(Deno.readLinkSync("/proc/thread-self").split("/").at(-1));
+    os.setPriority(tid, ESTOP_THREAD_NICE);
+    log.info("e-stop thread runs at raised priority", { nice: ESTOP_THREAD_NICE });
   } catch (err) {
-    log.warn("e-stop thread keeps normal priority (no CAP_SYS_NICE or no chrt)", {
+    log.warn("e-stop thread keeps normal priority (no CAP_SYS_NICE)", {
       error: (err as Error).message,
     });
   }

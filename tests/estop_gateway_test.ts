@@ -552,3 +552,49 @@ Deno.test("an e-stop stream whose connection closed during the dial is a failed 
     db.close();
   }
 });
+
+/** Scheduling of each thread of a process: name, nice value, policy (0 = SCHED_OTHER). */
+function threadScheduling(pid: number): { name: string; nice: number; policy: number }[] {
+  return [...Deno.readDirSync(`/proc/${pid}/task`)].flatMap(({ name: tid }) => {
+    let stat: string;
+    try {
+      stat = Deno.readTextFileSync(`/proc/${pid}/task/${tid}/stat`);
+    } catch {
+      return []; // the thread ended meanwhile
+    }
+    const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // Fields 19 (nice) and 41 (policy) of proc(5), counted from the state (field 3).
+    return [{ name, nice: Number(fields[16]), policy: Number(fields[38]) }];
+  });
+}
+
+Deno.test({
+  name:
+    "the e-stop thread alone runs at nice -20, in the normal scheduling class; opt-out keeps it at 0",
+  ignore: Deno.build.os !== "linux" || Deno.uid() !== 0,
+  fn: async () => {
+    const dir = tempDir("estop-priority");
+    const [raised, plain] = await Promise.all([
+      startGateway({ name: "raised", factory: uniqueFactory("prio"), dir }),
+      startGateway({
+        name: "plain",
+        factory: uniqueFactory("prio"),
+        dir,
+        extraArgs: ["--no-estop-realtime"],
+      }),
+    ]);
+    try {
+      const threads = threadScheduling(raised.child.pid);
+      const high = threads.filter((t) => t.nice === -20);
+      assertEquals(high.length, 1, JSON.stringify(threads));
+      assertMatch(high[0]!.name, /^worker/, "the raised thread is the e-stop worker");
+      // No real-time thread: one that spins waiting for V8's helpers would keep them off its core.
+      assertEquals(threads.filter((t) => t.policy !== 0), [], "a thread left SCHED_OTHER");
+      const plainThreads = threadScheduling(plain.child.pid);
+      assertEquals(plainThreads.filter((t) => t.nice !== 0), [], JSON.stringify(plainThreads));
+    } finally {
+      await stopAll([raised, plain]);
+    }
+  },
+});
