@@ -182,6 +182,13 @@ export class TwinDoc {
   #keys: Set<string> | undefined;
   /** Writers whose `n:` key is known to name them (checked once, not at every write). */
   #nodesNamed = new Set<string>();
+  /**
+   * What {@link TwinDoc.#deletedAdds} finds, while it is known: empty for a
+   * document made here, since local writes and gossip (which refuses
+   * deletes) never delete; unknown (undefined) after a load, or a sync
+   * message that brought changes, until the next scan.
+   */
+  #legacyDeletes: Set<string> | undefined = new Set();
 
   private constructor(assetId: string, doc: Automerge.Doc<unknown>) {
     this.assetId = assetId;
@@ -224,6 +231,7 @@ export class TwinDoc {
     const doc = new TwinDoc(assetId, Automerge.load(joined));
     // Everything loaded is already stored: the next incremental save starts here.
     doc.#handle.saveIncremental();
+    doc.#legacyDeletes = undefined; // written by whatever version stored it
     return doc;
   }
 
@@ -471,11 +479,16 @@ export class TwinDoc {
    */
   #lacking(hashes: readonly string[]): Set<string> {
     if (hashes.length === 0) return new Set();
-    if (this.#handle.getMissingDeps([]).length > 0) {
+    if (this.#holdsBack()) {
       return new Set(hashes.filter((hash) => this.#handle.getChangeMetaByHash(hash) === null));
     }
     const missing = new Set(this.#handle.getMissingDeps([...hashes]));
     return new Set(hashes.filter((hash) => missing.has(hash)));
+  }
+
+  /** True when Automerge holds changes back, waiting for a dependency. */
+  #holdsBack(): boolean {
+    return this.#handle.getMissingDeps([]).length > 0;
   }
 
   /** Automerge sync: the next message for a peer, or null when it has everything. */
@@ -500,6 +513,7 @@ export class TwinDoc {
     } catch (cause) {
       throw new TwinSyncMessageError(this.assetId, "does not decode", { cause });
     }
+    const headsBefore = this.#handle.getHeads();
     let next: [Automerge.Doc<unknown>, TwinSyncState, null];
     try {
       // The JS-level call brings its materialized document (never read here:
@@ -513,11 +527,17 @@ export class TwinDoc {
       // Automerge may have applied part of the message before refusing the
       // rest: nothing derived from the old state is kept.
       this.#forgetAll();
+      this.#legacyDeletes = undefined;
       throw new TwinSyncMessageError(this.assetId, "was refused by Automerge", { cause });
     }
     this.#forgetAll(); // a sync message may touch any key
     this.#doc = next[0];
     this.#handle = Automerge.getBackend(this.#doc);
+    // Its changes were not checked op by op: they may delete (an old
+    // version's removes), and so may what Automerge holds back for later.
+    if (!sameHeads(headsBefore, this.#handle.getHeads()) || this.#holdsBack()) {
+      this.#legacyDeletes = undefined;
+    }
     this.#applyReadyParked();
     return next[1];
   }
@@ -528,9 +548,16 @@ export class TwinDoc {
     return this.#handle.saveIncremental();
   }
 
-  /** A compacted snapshot of the whole document. */
+  /**
+   * A compacted snapshot of the whole document. Like the save, a pending
+   * scan for deleted adds ({@link TwinDoc.#deletedAdds}) walks the whole
+   * history, so it is done here: storage compacts each twin at its own
+   * randomly drawn point, which spreads the scans, and early, while the
+   * document is small, instead of for every twin at once at its first epoch.
+   */
   save(): Uint8Array {
     this.commit();
+    if (this.#legacyDeletes === undefined) this.#deletedAdds();
     return this.#handle.save();
   }
 
@@ -646,12 +673,17 @@ export class TwinDoc {
    * OR-set add keys this document's history deleted (removes before
    * tombstones). Only epoch 0 can hold such deletes: later epochs are made by
    * this version, whose gossip refuses deletes and whose wire older versions
-   * cannot speak. The scan decodes every change (~15-50 ms for 2,000 ops),
-   * so it runs once per twin, at its first epoch.
+   * cannot speak. The scan decodes every change (~17 µs each, 34 ms at 2,000
+   * ops); its result is kept until a load or sync may have brought deletes
+   * (see #legacyDeletes and save()). Callers must not modify the set.
    */
-  #deletedAdds(): Set<string> {
+  #deletedAdds(): ReadonlySet<string> {
+    if (this.#legacyDeletes) return this.#legacyDeletes;
     const deleted = new Set<string>();
-    if (this.storedEpoch() !== 0) return deleted;
+    if (this.storedEpoch() !== 0) return (this.#legacyDeletes = deleted);
+    // A change held back for a missing dependency is not in the scan; should
+    // it enter later (by gossip completing it), the next call scans again.
+    const complete = !this.#holdsBack();
     for (const change of this.#handle.getChanges([])) {
       let decoded: Automerge.DecodedChange;
       try {
@@ -664,6 +696,7 @@ export class TwinDoc {
         if (parseKey(op.key)?.kind === "set") deleted.add(op.key);
       }
     }
+    if (complete) this.#legacyDeletes = deleted;
     return deleted;
   }
 
@@ -867,6 +900,12 @@ interface Carried {
   readonly hlc?: Timestamp;
   /** Counter slots: the writer's running total. */
   readonly total?: number;
+}
+
+/** Two heads lists name the same changes. */
+function sameHeads(a: readonly string[], b: readonly string[]): boolean {
+  const named = new Set(a);
+  return a.length === b.length && b.every((hash) => named.has(hash));
 }
 
 /** True when `a` wins over `b` for the same key: a later HLC, a larger total; never for other keys. */

@@ -58,6 +58,13 @@ export const REBASE_AFTER_OPS = 2_000;
  * just leaves the ordinary case to the owner.
  */
 export const NON_OWNER_REBASE_FACTOR = 4;
+/**
+ * Epochs one flush may start. Twins written at the same rate pass the bound
+ * together (20 arms on one program: in the same tick), and each start builds,
+ * gossips and stores a new document and makes every peer switch: one per
+ * flush spreads them over ticks. A twin passed over starts at its next write.
+ */
+export const MAX_EPOCH_STARTS_PER_FLUSH = 1;
 /** Later epochs a twin may be filling at once (one is usual); beyond it the highest is dropped. */
 export const MAX_PENDING_EPOCHS = 4;
 /**
@@ -328,22 +335,25 @@ export class TwinReplica implements TwinSyncTarget {
    * Commits every twin's open batch; returns the changes to gossip. A twin
    * whose history passed {@link REBASE_AFTER_OPS} (owner) or
    * {@link NON_OWNER_REBASE_FACTOR} times it (any other writer) moves to a
-   * new epoch here, after its last changes in the old one.
+   * new epoch here, after its last changes in the old one (at most
+   * {@link MAX_EPOCH_STARTS_PER_FLUSH} twins per call).
    */
   flush(): FlushedChanges[] {
     const out: FlushedChanges[] = [];
+    let epochsStarted = 0;
     for (const assetId of this.#touched) {
       const entry = this.#entry(assetId);
       entry.pendingWrites = 0;
       entry.doc.commit();
       this.#takeChanges(assetId, entry, out);
-      if (this.#historyPastBound(entry)) {
+      if (epochsStarted < MAX_EPOCH_STARTS_PER_FLUSH && this.#historyPastBound(entry)) {
         const epoch = Math.max(entry.epoch, entry.doc.storedEpoch()) + 1;
         if (epoch > MAX_EPOCH) continue;
         const { clock, gatewayName } = this.#components;
         const doc = TwinDoc.rebase(entry.doc, epoch, clock.now(), gatewayName);
         this.#replace(assetId, entry, doc, epoch);
         this.stats.epochs_started++;
+        epochsStarted++;
         this.#takeChanges(assetId, entry, out);
       }
     }

@@ -234,6 +234,65 @@ Deno.test("an OR-set add removed by a key delete (before tombstones) stays remov
   assertEquals(other.resolve().fields.modes, undefined, "the delete is carried as a tombstone");
 });
 
+Deno.test("a key delete that arrives by sync after a save still becomes a tombstone at the epoch", () => {
+  const clock = new HybridLogicalClock({ node: "gw-a" });
+  const doc = TwinDoc.create("arm-1", META, clock.now(), "gw-a");
+  doc.write([{ op: "add", field: "modes", element: "hold" }], clock.now());
+  doc.commit();
+  const stale = TwinDoc.load("arm-1", [doc.save()]); // saved: the scan found no delete
+  const raw = Automerge.getBackend(Automerge.load(doc.save()));
+  raw.delete("_root", raw.keys("_root").find((k) => k.startsWith("s:modes=hold@"))!);
+  raw.commit("", 0);
+  const remover = TwinDoc.load("arm-1", [doc.save(), raw.getLastLocalChange()!]);
+
+  // The delete reaches `doc` by Automerge sync, which is not checked op by op.
+  let ours = Automerge.initSyncState();
+  let theirs = Automerge.initSyncState();
+  for (let round = 0; round < 10; round++) {
+    const [nextTheirs, toUs] = remover.generateSyncMessage(theirs);
+    theirs = nextTheirs;
+    if (toUs) ours = doc.receiveSyncMessage(ours, toUs);
+    const [nextOurs, toThem] = doc.generateSyncMessage(ours);
+    ours = nextOurs;
+    if (toThem) theirs = remover.receiveSyncMessage(theirs, toThem);
+    if (!toUs && !toThem) break;
+  }
+  assertEquals(doc.resolve().fields.modes, undefined, "the sync removed the hold");
+
+  const epoch = TwinDoc.rebase(doc, 1, clock.now(), "gw-a");
+  epoch.joinFrom(stale, clock.now(), "gw-b");
+  assertEquals(epoch.resolve().fields.modes, undefined, "the hold does not come back");
+});
+
+Deno.test("one flush starts at most one epoch; the twins passed over start at their next writes", () => {
+  const owner = makeReplica("gw-a", { rebaseAfterOps: 30 });
+  const arms = ["arm-1", "arm-2", "arm-3"];
+  for (const arm of arms) owner.create(arm, "welding-arm");
+  owner.flush();
+  // Written alike, all three pass the bound in the same flush.
+  let writes = 0;
+  while (owner.stats.epochs_started === 0) {
+    ok(writes++ < 100, "the bound is passed");
+    for (const arm of arms) {
+      owner.write(arm, [{ op: "set", field: "setpoints.weldCurrentA", value: writes }], "any");
+    }
+    owner.flush();
+  }
+  assertEquals(arms.map((arm) => owner.epochOf(arm)).sort(), [0, 0, 1]);
+  for (const started of [2, 3]) {
+    for (const arm of arms) {
+      owner.write(arm, [{ op: "set", field: "setpoints.weldVoltageV", value: started }], "any");
+    }
+    owner.flush();
+    assertEquals(owner.stats.epochs_started, started);
+  }
+  assertEquals(arms.map((arm) => owner.epochOf(arm)), [1, 1, 1]);
+  for (const arm of arms) {
+    assertEquals(owner.state(arm).fields["setpoints.weldCurrentA"]?.value, writes);
+    assertEquals(owner.state(arm).fields["setpoints.weldVoltageV"]?.value, 3);
+  }
+});
+
 Deno.test("a value that fails the model is never carried and never displaces a valid one", () => {
   const clock = new HybridLogicalClock({ node: "gw-a" });
   const doc = TwinDoc.create("arm-1", META, clock.now(), "gw-a");
