@@ -14,9 +14,33 @@ import type { PeerView } from "../node/mesh.ts";
 
 export { delay, getJson, stopGateway, waitReady };
 
-/** A temp dir for one test, removed by the returned cleanup. */
+/** Temp dirs made by this test module, removed when it ends (see tempDir). */
+const madeDirs: string[] = [];
+
+/**
+ * A temp dir for one test. Every such dir is removed when the test module
+ * ends, failed or not (gateway data dirs add up: every run left ~30); set
+ * TWINMESH_KEEP_TEST_DIRS=1 to keep them for a look at the logs.
+ */
 export function tempDir(prefix: string): string {
-  return Deno.makeTempDirSync({ prefix: `twinmesh-${prefix}-` });
+  if (madeDirs.length === 0) globalThis.addEventListener("unload", removeMadeDirs);
+  const dir = Deno.makeTempDirSync({ prefix: `twinmesh-${prefix}-` });
+  madeDirs.push(dir);
+  return dir;
+}
+
+function removeMadeDirs(): void {
+  if (Deno.env.get("TWINMESH_KEEP_TEST_DIRS")) {
+    console.error(`test dirs kept: ${madeDirs.join(" ")}`);
+    return;
+  }
+  for (const dir of madeDirs.splice(0)) {
+    try {
+      Deno.removeSync(dir, { recursive: true });
+    } catch (error) {
+      console.error(`test dir ${dir} not removed: ${error}`); // e.g. a gateway still writing
+    }
+  }
 }
 
 /** A factory name no other test (or local mesh) uses, so mDNS stays separate. */
