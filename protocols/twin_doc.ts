@@ -77,6 +77,8 @@ export type TwinSyncState = ReturnType<typeof Automerge.initSyncState>;
  * starts when this overflows) fetches the whole gap more cheaply than parking.
  */
 export const MAX_PARKED_CHANGES_PER_DOC = 256;
+/** What #deletedAdds finds in a document of a later epoch. */
+const NO_DELETES: ReadonlySet<string> = new Set();
 /** history() returns at most this many entries; it walks the whole change log. */
 export const MAX_HISTORY_ENTRIES = 1_000;
 
@@ -183,12 +185,17 @@ export class TwinDoc {
   /** Writers whose `n:` key is known to name them (checked once, not at every write). */
   #nodesNamed = new Set<string>();
   /**
-   * What {@link TwinDoc.#deletedAdds} finds, while it is known: empty for a
-   * document made here, since local writes and gossip (which refuses
-   * deletes) never delete; unknown (undefined) after a load, or a sync
-   * message that brought changes, until the next scan.
+   * What {@link TwinDoc.#deletedAdds} found in the changes up to `heads`.
+   * Local writes and gossip (which refuses deletes) never delete, so for a
+   * document made here that stays all there is until a load, or a sync
+   * message that brings changes, makes it `stale`: then the changes after
+   * `heads` are scanned at the next call.
    */
-  #legacyDeletes: Set<string> | undefined = new Set();
+  #deleteScan: { heads: string[]; deleted: Set<string>; stale: boolean } = {
+    heads: [],
+    deleted: new Set(),
+    stale: false,
+  };
 
   private constructor(assetId: string, doc: Automerge.Doc<unknown>) {
     this.assetId = assetId;
@@ -231,7 +238,7 @@ export class TwinDoc {
     const doc = new TwinDoc(assetId, Automerge.load(joined));
     // Everything loaded is already stored: the next incremental save starts here.
     doc.#handle.saveIncremental();
-    doc.#legacyDeletes = undefined; // written by whatever version stored it
+    doc.#deleteScan.stale = true; // written by whatever version stored it
     return doc;
   }
 
@@ -486,6 +493,11 @@ export class TwinDoc {
     return new Set(hashes.filter((hash) => missing.has(hash)));
   }
 
+  /** Changes after `heads` (known to hold no delete beyond the scan's) entered unchecked. */
+  #deleteScanFrom(heads: string[]): void {
+    if (!this.#deleteScan.stale) this.#deleteScan = { ...this.#deleteScan, heads, stale: true };
+  }
+
   /** True when Automerge holds changes back, waiting for a dependency. */
   #holdsBack(): boolean {
     return this.#handle.getMissingDeps([]).length > 0;
@@ -527,7 +539,7 @@ export class TwinDoc {
       // Automerge may have applied part of the message before refusing the
       // rest: nothing derived from the old state is kept.
       this.#forgetAll();
-      this.#legacyDeletes = undefined;
+      this.#deleteScanFrom(headsBefore);
       throw new TwinSyncMessageError(this.assetId, "was refused by Automerge", { cause });
     }
     this.#forgetAll(); // a sync message may touch any key
@@ -536,7 +548,7 @@ export class TwinDoc {
     // Its changes were not checked op by op: they may delete (an old
     // version's removes), and so may what Automerge holds back for later.
     if (!sameHeads(headsBefore, this.#handle.getHeads()) || this.#holdsBack()) {
-      this.#legacyDeletes = undefined;
+      this.#deleteScanFrom(headsBefore);
     }
     this.#applyReadyParked();
     return next[1];
@@ -549,15 +561,15 @@ export class TwinDoc {
   }
 
   /**
-   * A compacted snapshot of the whole document. Like the save, a pending
-   * scan for deleted adds ({@link TwinDoc.#deletedAdds}) walks the whole
-   * history, so it is done here: storage compacts each twin at its own
-   * randomly drawn point, which spreads the scans, and early, while the
-   * document is small, instead of for every twin at once at its first epoch.
+   * A compacted snapshot of the whole document. A pending scan for deleted
+   * adds ({@link TwinDoc.#deletedAdds}) is done here too: storage compacts
+   * each twin at its own randomly drawn point, which spreads the scans, and
+   * soon, while few changes wait for it, instead of for every twin at once
+   * at its first epoch.
    */
   save(): Uint8Array {
     this.commit();
-    if (this.#legacyDeletes === undefined) this.#deletedAdds();
+    if (this.#deleteScan.stale) this.#deletedAdds();
     return this.#handle.save();
   }
 
@@ -673,18 +685,20 @@ export class TwinDoc {
    * OR-set add keys this document's history deleted (removes before
    * tombstones). Only epoch 0 can hold such deletes: later epochs are made by
    * this version, whose gossip refuses deletes and whose wire older versions
-   * cannot speak. The scan decodes every change (~17 µs each, 34 ms at 2,000
-   * ops); its result is kept until a load or sync may have brought deletes
-   * (see #legacyDeletes and save()). Callers must not modify the set.
+   * cannot speak. Finding them means decoding changes (~17 µs each, 34 ms for
+   * 2,000 ops), so only those a load or sync may have brought are scanned,
+   * each once (see #deleteScan and save()).
    */
   #deletedAdds(): ReadonlySet<string> {
-    if (this.#legacyDeletes) return this.#legacyDeletes;
-    const deleted = new Set<string>();
-    if (this.storedEpoch() !== 0) return (this.#legacyDeletes = deleted);
+    const scan = this.#deleteScan;
+    if (!scan.stale) return scan.deleted;
+    if (this.storedEpoch() !== 0) return NO_DELETES;
     // A change held back for a missing dependency is not in the scan; should
     // it enter later (by gossip completing it), the next call scans again.
     const complete = !this.#holdsBack();
-    for (const change of this.#handle.getChanges([])) {
+    const heads = this.#handle.getHeads();
+    const deleted = scan.deleted;
+    for (const change of this.#handle.getChanges(scan.heads)) {
       let decoded: Automerge.DecodedChange;
       try {
         decoded = Automerge.decodeChange(change);
@@ -696,7 +710,7 @@ export class TwinDoc {
         if (parseKey(op.key)?.kind === "set") deleted.add(op.key);
       }
     }
-    if (complete) this.#legacyDeletes = deleted;
+    if (complete) this.#deleteScan = { heads, deleted, stale: false };
     return deleted;
   }
 
