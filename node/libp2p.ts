@@ -110,8 +110,8 @@ export interface MeshNodeInit {
 }
 
 /** Creates (but does not start) the node. */
-export function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
-  return createLibp2p<MeshServices>({
+export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
+  const node = await createLibp2p<MeshServices>({
     privateKey: init.privateKey,
     start: false,
     nodeInfo: { userAgent: init.userAgent },
@@ -143,9 +143,12 @@ export function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
         ...GOSSIP_MESH_DEGREE,
         idontwantMinDataSize: GOSSIP_IDONTWANT_MIN_BYTES,
         fastMsgIdFn: gossipDuplicateKey,
+        seenTTL: GOSSIP_SEEN_TTL_MS,
       }),
     },
   });
+  keepNoDeliveryRecords(node);
+  return node;
 }
 
 /**
@@ -171,6 +174,44 @@ export const GOSSIP_MESH_DEGREE = { D: 3, Dlo: 2, Dhi: 5, Dout: 1, Dlazy: 3 } as
  * such as catch-up batches, still get them.
  */
 export const GOSSIP_IDONTWANT_MIN_BYTES = 16 * 1024;
+
+/**
+ * How long gossipsub remembers a message's id to drop its copies (the
+ * library's default is 2 minutes). Copies in a factory mesh come within a
+ * second, peers answer IWANT only from the last few heartbeats' messages,
+ * and a twin change seen again later is dropped by its hash. Two minutes of
+ * ids (~400 messages/s under `bench twins`) grew every gateway's old
+ * generation for two minutes (see keepNoDeliveryRecords).
+ */
+export const GOSSIP_SEEN_TTL_MS = 20_000;
+
+/**
+ * Gossipsub's peer scoring keeps a delivery record of every message for 2
+ * minutes (a library constant) to score peers by per-topic parameters. This
+ * mesh sets none, so nothing reads them: they only fill the old generation
+ * (with 2-minute seen caches, ~50 MB live after two minutes of `bench
+ * twins`, ~32 MB with both at 10 s), which makes full garbage collections
+ * longer and more frequent. The scoring code still gets a record per call,
+ * but none is kept. The library's shape is checked, so a version that moves
+ * the records fails here, loudly.
+ */
+function keepNoDeliveryRecords(node: MeshNode): void {
+  const score = (node.services.pubsub as unknown as { score?: { deliveryRecords?: unknown } })
+    .score;
+  const records = score?.deliveryRecords as { ensureRecord?: unknown } | undefined;
+  if (!score || typeof records?.ensureRecord !== "function") {
+    throw new Error(
+      "@libp2p/gossipsub: its score's deliveryRecords moved; see keepNoDeliveryRecords",
+    );
+  }
+  score.deliveryRecords = {
+    // status 0: DeliveryRecordStatus.unknown, what a new record starts with
+    ensureRecord: () => ({ status: 0, firstSeenTsMs: Date.now(), validated: 0, peers: new Set() }),
+    getRecord: () => undefined,
+    gc: () => {},
+    clear: () => {},
+  };
+}
 
 let unkeyedMessages = 0;
 

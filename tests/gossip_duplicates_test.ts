@@ -1,6 +1,11 @@
 import { deepEqual, equal, notEqual, ok } from "node:assert/strict";
 import { generateKeyPair } from "@libp2p/crypto/keys";
-import { createMeshNode, gossipDuplicateKey, type MeshNode } from "../node/libp2p.ts";
+import {
+  createMeshNode,
+  GOSSIP_SEEN_TTL_MS,
+  gossipDuplicateKey,
+  type MeshNode,
+} from "../node/libp2p.ts";
 import { eventually } from "./twin_test_util.ts";
 
 /** The implementation's parts the GossipSub interface does not show. */
@@ -8,6 +13,8 @@ type GossipInternals = {
   getMeshPeers(topic: string): string[];
   /** Duplicate keys of validated messages; only kept when a `fastMsgIdFn` is set. */
   fastMsgIdCache?: { size: number };
+  seenCache: { size: number; validityMs: number };
+  score: { deliveryRecords: { getRecord(id: string): unknown; records?: Map<string, unknown> } };
 };
 const internals = (node: MeshNode) => node.services.pubsub as unknown as GossipInternals;
 const meshPeers = (node: MeshNode, topic: string) => internals(node).getMeshPeers(topic);
@@ -80,6 +87,12 @@ Deno.test("gossip: three linked nodes deliver every message once, duplicates dro
     // verifying their signatures again.
     for (const receiver of [nodes[1]!, nodes[2]!]) {
       ok((internals(receiver).fastMsgIdCache?.size ?? 0) >= sent.length, "keys remembered");
+      // Ids are remembered for GOSSIP_SEEN_TTL_MS, and peer scoring keeps no
+      // per-message delivery records (keepNoDeliveryRecords).
+      ok(internals(receiver).seenCache.size >= sent.length, "message ids remembered");
+      equal(internals(receiver).seenCache.validityMs, GOSSIP_SEEN_TTL_MS);
+      const records = internals(receiver).score.deliveryRecords;
+      equal(records.records?.size ?? 0, 0, "no delivery record kept");
     }
   } finally {
     for (const node of nodes) await node.stop();
