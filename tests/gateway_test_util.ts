@@ -16,6 +16,7 @@ export { delay, getJson, stopGateway, waitReady };
 
 /** Temp dirs made by this test module, removed when it ends (see tempDir). */
 const madeDirs: string[] = [];
+globalThis.addEventListener("unload", removeMadeDirs);
 
 /**
  * A temp dir for one test. Every such dir is removed when the test module
@@ -23,7 +24,6 @@ const madeDirs: string[] = [];
  * TWINMESH_KEEP_TEST_DIRS=1 to keep them for a look at the logs.
  */
 export function tempDir(prefix: string): string {
-  if (madeDirs.length === 0) globalThis.addEventListener("unload", removeMadeDirs);
   const dir = Deno.makeTempDirSync({ prefix: `twinmesh-${prefix}-` });
   madeDirs.push(dir);
   return dir;
