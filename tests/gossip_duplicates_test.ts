@@ -14,7 +14,8 @@ type GossipInternals = {
   /** Duplicate keys of validated messages; only kept when a `fastMsgIdFn` is set. */
   fastMsgIdCache?: { size: number };
   seenCache: { size: number; validityMs: number };
-  score: { deliveryRecords: { getRecord(id: string): unknown; records?: Map<string, unknown> } };
+  /** The library's delivery records hold a `records` map; keepNoDeliveryRecords' have none. */
+  score: { deliveryRecords: { records?: Map<string, unknown> } };
 };
 const internals = (node: MeshNode) => node.services.pubsub as unknown as GossipInternals;
 const meshPeers = (node: MeshNode, topic: string) => internals(node).getMeshPeers(topic);
