@@ -882,6 +882,9 @@ class DefaultTwinService implements TwinService {
     for (const assetId of this.#compactDue) {
       if (budget-- === 0) break;
       this.#compactDue.delete(assetId);
+      // Its next epoch's scan of unchecked changes, spread as compactions are
+      // (twins pass the epoch bound together; TwinDoc.prepareEpoch).
+      this.#replica.doc(assetId).prepareEpoch();
       try {
         this.#compact(assetId);
       } catch (error) {

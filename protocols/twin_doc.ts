@@ -560,17 +560,20 @@ export class TwinDoc {
     return this.#handle.saveIncremental();
   }
 
-  /**
-   * A compacted snapshot of the whole document. A pending scan for deleted
-   * adds ({@link TwinDoc.#deletedAdds}) is done here too: storage compacts
-   * each twin at its own randomly drawn point, which spreads the scans, and
-   * soon, while few changes wait for it, instead of for every twin at once
-   * at its first epoch.
-   */
+  /** A compacted snapshot of the whole document. */
   save(): Uint8Array {
     this.commit();
-    if (this.#deleteScan.stale) this.#deletedAdds();
     return this.#handle.save();
+  }
+
+  /**
+   * Does now what the twin's next epoch start would otherwise do then:
+   * decode the changes that entered unchecked (see #deletedAdds). Cheap when
+   * there are none. Called at a time of the caller's choosing, so that twins
+   * passing the epoch bound together do not all decode at once.
+   */
+  prepareEpoch(): void {
+    this.#deletedAdds();
   }
 
   /** Automerge changes in the document. */
@@ -687,7 +690,7 @@ export class TwinDoc {
    * this version, whose gossip refuses deletes and whose wire older versions
    * cannot speak. Finding them means decoding changes (~17 µs each, 34 ms for
    * 2,000 ops), so only those a load or sync may have brought are scanned,
-   * each once (see #deleteScan and save()).
+   * each once (see #deleteScan and prepareEpoch()).
    */
   #deletedAdds(): ReadonlySet<string> {
     const scan = this.#deleteScan;

@@ -234,34 +234,50 @@ Deno.test("an OR-set add removed by a key delete (before tombstones) stays remov
   assertEquals(other.resolve().fields.modes, undefined, "the delete is carried as a tombstone");
 });
 
-Deno.test("a key delete that arrives by sync after a save still becomes a tombstone at the epoch", () => {
+/** Runs Automerge sync between two twin documents until neither has anything to send. */
+function syncDocs(ours: TwinDoc, theirs: TwinDoc): void {
+  let ourState = Automerge.initSyncState();
+  let theirState = Automerge.initSyncState();
+  for (let round = 0; round < 10; round++) {
+    const [nextTheirs, toUs] = theirs.generateSyncMessage(theirState);
+    theirState = nextTheirs;
+    if (toUs) ourState = ours.receiveSyncMessage(ourState, toUs);
+    const [nextOurs, toThem] = ours.generateSyncMessage(ourState);
+    ourState = nextOurs;
+    if (toThem) theirState = theirs.receiveSyncMessage(theirState, toThem);
+    if (!toUs && !toThem) return;
+  }
+  throw new Error("sync did not settle");
+}
+
+Deno.test("key deletes that arrive by sync, before and after a prepared epoch, become tombstones", () => {
   const clock = new HybridLogicalClock({ node: "gw-a" });
   const doc = TwinDoc.create("arm-1", META, clock.now(), "gw-a");
   doc.write([{ op: "add", field: "modes", element: "hold" }], clock.now());
+  doc.write([{ op: "add", field: "modes", element: "auto" }], clock.now());
   doc.commit();
-  const stale = TwinDoc.load("arm-1", [doc.save()]); // saved: the scan found no delete
+  const stale = TwinDoc.load("arm-1", [doc.save()]); // a replica that never saw the deletes
+  // The old way to remove, one element after the other, on another replica.
   const raw = Automerge.getBackend(Automerge.load(doc.save()));
-  raw.delete("_root", raw.keys("_root").find((k) => k.startsWith("s:modes=hold@"))!);
-  raw.commit("", 0);
-  const remover = TwinDoc.load("arm-1", [doc.save(), raw.getLastLocalChange()!]);
+  const removals = ["hold", "auto"].map((element) => {
+    raw.delete("_root", raw.keys("_root").find((k) => k.startsWith(`s:modes=${element}@`))!);
+    raw.commit("", 0);
+    return raw.getLastLocalChange()!;
+  });
+  const removedHold = TwinDoc.load("arm-1", [doc.save(), removals[0]!]);
+  const removedBoth = TwinDoc.load("arm-1", [doc.save(), ...removals]);
 
-  // The delete reaches `doc` by Automerge sync, which is not checked op by op.
-  let ours = Automerge.initSyncState();
-  let theirs = Automerge.initSyncState();
-  for (let round = 0; round < 10; round++) {
-    const [nextTheirs, toUs] = remover.generateSyncMessage(theirs);
-    theirs = nextTheirs;
-    if (toUs) ours = doc.receiveSyncMessage(ours, toUs);
-    const [nextOurs, toThem] = doc.generateSyncMessage(ours);
-    ours = nextOurs;
-    if (toThem) theirs = remover.receiveSyncMessage(theirs, toThem);
-    if (!toUs && !toThem) break;
-  }
-  assertEquals(doc.resolve().fields.modes, undefined, "the sync removed the hold");
+  // Sync is not checked op by op: the first delete arrives, and the scan for
+  // the next epoch is done ahead of it; then the second delete arrives.
+  syncDocs(doc, removedHold);
+  doc.prepareEpoch();
+  assertEquals(doc.resolve().fields.modes?.value, ["auto"]);
+  syncDocs(doc, removedBoth);
+  assertEquals(doc.resolve().fields.modes, undefined, "the sync removed both");
 
   const epoch = TwinDoc.rebase(doc, 1, clock.now(), "gw-a");
   epoch.joinFrom(stale, clock.now(), "gw-b");
-  assertEquals(epoch.resolve().fields.modes, undefined, "the hold does not come back");
+  assertEquals(epoch.resolve().fields.modes, undefined, "neither comes back");
 });
 
 Deno.test("one flush starts at most one epoch; the twins passed over start at their next writes", () => {
