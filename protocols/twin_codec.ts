@@ -16,17 +16,19 @@ import { assert } from "./assert.ts";
 import { bytesToHex, hexToBytes } from "./hex.ts";
 
 /**
- * Gossip message format version (also in the topic name). 2: documents are
- * named by wire id (`twinDocId`, epochs) and removes write tombstones, so a
- * version-1 gateway could neither read nor safely write the new documents.
+ * Gossip message format version (also in the topic name). 3: writer slots
+ * are maps (see twin_doc.ts), which a version-2 gateway refuses as gossip
+ * and reads as invalid values; 2: documents are named by wire id
+ * (`twinDocId`, epochs) and removes write tombstones, so a version-1 gateway
+ * could neither read nor safely write the new documents.
  */
-export const TWIN_GOSSIP_VERSION = 2;
+export const TWIN_GOSSIP_VERSION = 3;
 /**
- * Sync session format version (also in the protocol id). 4: a hello lists
- * each twin's heads in full (was a digest); 3: as gossip 2; 2 added a flags
- * byte (scoped sessions) and the heads digest per twin.
+ * Sync session format version (also in the protocol id). 5: as gossip 3;
+ * 4: a hello lists each twin's heads in full (was a digest); 3: as gossip 2;
+ * 2 added a flags byte (scoped sessions) and the heads digest per twin.
  */
-export const TWIN_SYNC_VERSION = 4;
+export const TWIN_SYNC_VERSION = 5;
 /** Heads a hello lists per twin; a twin with more is announced without them (always synced). */
 export const MAX_HELLO_HEADS = 4;
 /** Bytes of an Automerge change hash (a head). */

@@ -1,6 +1,6 @@
 /**
  * Twin sync sessions: Automerge's sync protocol for every twin two peers both
- * replicate, run over one stream of the `/twinmesh/twin-sync/4.0.0` protocol
+ * replicate, run over one stream of the `/twinmesh/twin-sync/5.0.0` protocol
  * on every (re)connection. It fetches whatever gossip missed, so a partition
  * of any length heals without manual work.
  *

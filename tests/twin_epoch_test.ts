@@ -317,13 +317,14 @@ Deno.test("a value that fails the model is never carried and never displaces a v
   // Two concurrent values in one slot: a valid one, and a later-stamped one out of the model's range.
   const raw = Automerge.getBackend(Automerge.load(doc.save()));
   const slot = raw.keys("_root").find((k) => k.startsWith("f:setpoints.weldCurrentA@"))!;
+  const map = raw.getAll("_root", slot)[0]![1] as string; // the slot's map
   const concurrent = Automerge.getBackend(Automerge.load(doc.save()));
-  raw.put("_root", slot, `${formatTimestampShort(clock.now())}|181`);
+  raw.put(map, "v", `${formatTimestampShort(clock.now())}|181`);
   raw.commit("", 0);
-  concurrent.put("_root", slot, `${formatTimestampShort(clock.now())}|9999`);
+  concurrent.put(map, "v", `${formatTimestampShort(clock.now())}|9999`);
   concurrent.commit("", 0);
   raw.applyChanges([concurrent.getLastLocalChange()!]);
-  assertEquals(raw.getAll("_root", slot).length, 2, "a real conflict");
+  assertEquals(raw.getAll(map, "v").length, 2, "a real conflict");
   const mixed = TwinDoc.load("arm-1", [raw.save()]);
   assertEquals(mixed.resolve().fields["setpoints.weldCurrentA"]?.value, 181);
   const rebased = TwinDoc.rebase(mixed, 1, clock.now(), "gw-a");

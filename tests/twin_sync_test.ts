@@ -191,10 +191,10 @@ Deno.test("a hello round-trips, and one from an older twin protocol is refused b
   deepStrictEqual(decodeSyncFrame(encodeSyncFrame(hello)), hello);
   const scoped = { type: "hello" as const, factories: ["f1"], docs: [], scoped: true };
   deepStrictEqual(decodeSyncFrame(encodeSyncFrame(scoped)), scoped);
-  // Version 3 (heads digests): an older version byte is refused by name.
+  // Version 4 (flat writer slots): an older version byte is refused by name.
   const older = encodeSyncFrame(hello);
   older[1] = TWIN_SYNC_VERSION - 1;
-  throws(() => decodeSyncFrame(older), /sync version 3; expected 4/);
+  throws(() => decodeSyncFrame(older), /sync version 4; expected 5/);
 });
 
 Deno.test("a hello for the most twins a replica holds fits a frame: heads past the budget are left out", () => {
