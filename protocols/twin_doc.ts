@@ -197,8 +197,9 @@ export class TwinDoc {
    */
   #keys: Set<string> | undefined;
   /**
-   * Slot maps seen so far: map id → the key holding it. Only a hint (a sync
-   * message may have replaced the map): #slotKeyOf checks it against the document.
+   * Slot maps known to be in the document: map id → the key it was made at.
+   * Automerge never removes an object (one overwritten at its key is hidden,
+   * and writing into it is harmless), so an entry stays true.
    */
   #slotMaps = new Map<string, string>();
   /** Writers whose `n:` key is known to name them (checked once, not at every write). */
@@ -370,23 +371,19 @@ export class TwinDoc {
   }
 
   /**
-   * The slot key whose map `map` is, checked against the document; undefined
-   * when no slot key holds that map. An unknown map has every slot listed.
+   * The slot key `map` was made at, when it is a slot map in the document;
+   * undefined otherwise. An unknown map has every slot listed.
    */
   #slotKeyOf(map: string): string | undefined {
-    const holds = (key: string | undefined) =>
-      key !== undefined &&
-      this.#handle.getAll("_root", key).some(([type, id]) => type === "map" && id === map);
-    const hinted = this.#slotMaps.get(map);
-    if (holds(hinted)) return hinted;
-    for (const key of this.#liveKeys()) {
-      if (!isSlotKey(key)) continue;
-      for (const [type, id] of this.#handle.getAll("_root", key)) {
-        if (type === "map") this.#slotMaps.set(id as string, key);
+    if (!this.#slotMaps.has(map)) {
+      for (const key of this.#liveKeys()) {
+        if (!isSlotKey(key)) continue;
+        for (const [type, id] of this.#handle.getAll("_root", key)) {
+          if (type === "map") this.#slotMaps.set(id as string, key);
+        }
       }
     }
-    const found = this.#slotMaps.get(map);
-    return holds(found) ? found : undefined;
+    return this.#slotMaps.get(map);
   }
 
   /**
@@ -522,6 +519,7 @@ export class TwinDoc {
       const lacking = this.#lacking([
         ...new Set([...this.#parked.values()].flatMap((p) => p.deps.filter((d) => !heads.has(d)))),
       ]);
+      const made: [string, string][] = [];
       for (const [hash, parked] of this.#parked) {
         if (!parked.deps.every((dep) => !lacking.has(dep))) continue;
         this.#parked.delete(hash);
@@ -533,7 +531,7 @@ export class TwinDoc {
           invalid++;
           continue;
         }
-        for (const [map, key] of parked.creates) this.#slotMaps.set(map, key);
+        made.push(...parked.creates);
         ready.push(parked.change);
         keys.push(...parked.keys, ...slots as string[]);
         if (parked.hlc && (!newestHlc || compareTimestamps(parked.hlc, newestHlc) > 0)) {
@@ -550,6 +548,8 @@ export class TwinDoc {
         throw error;
       }
       for (const key of keys) this.#keys?.add(key);
+      // Maps of changes Automerge held back are not in yet: listed when met.
+      if (!this.#holdsBack()) { for (const [map, key] of made) this.#slotMaps.set(map, key); }
       count += ready.length;
     }
     return newestHlc ? { count, invalid, newestHlc } : { count, invalid };
