@@ -549,7 +549,9 @@ export class TwinDoc {
       }
       for (const key of keys) this.#keys?.add(key);
       // Maps of changes Automerge held back are not in yet: listed when met.
-      if (!this.#holdsBack()) { for (const [map, key] of made) this.#slotMaps.set(map, key); }
+      if (!this.#holdsBack()) {
+        for (const [map, key] of made) this.#slotMaps.set(map, key);
+      }
       count += ready.length;
     }
     return newestHlc ? { count, invalid, newestHlc } : { count, invalid };
