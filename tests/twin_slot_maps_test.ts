@@ -104,6 +104,7 @@ Deno.test("gossip that writes outside slot maps is dropped as invalid, and the t
   doc.write([{ op: "set", field: CURRENT, value: 170 }], clock.now());
   doc.commit();
   const writer = new HybridLogicalClock({ node: "gw-x" });
+  writer.update(doc.resolve().lastHlc!); // its write comes after gw-a's
   const forger = TwinDoc.load("arm-1", [doc.save()]);
   forger.write([{ op: "set", field: CURRENT, value: 171 }], writer.now());
   const honest = forger.commit()!;

@@ -202,6 +202,5 @@ Deno.test("GET /twins/:id answers 304 for a current ETag, and with Prefer: wait 
   } finally {
     if (!stopped) await stopGateway(watcher);
     await stopGateway(writer);
-    Deno.removeSync(dir, { recursive: true });
   }
 });
