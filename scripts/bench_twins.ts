@@ -591,6 +591,8 @@ async function worstLoopLag(gateways: readonly GatewayProcess[]): Promise<number
 const EXPLAINING_COUNTERS = [
   "twinmesh_twins_sync_sessions",
   "twinmesh_twins_gossip_changes_parked",
+  "twinmesh_twins_dropped_invalid",
+  "twinmesh_twins_epochs_started",
   "twinmesh_twins_gossip_changes_applied",
   "twinmesh_twins_changes_committed",
   "twinmesh_twins_compactions",
