@@ -684,13 +684,13 @@ function lowerBounds(result: RunResult): number[] {
   return result.samples.flatMap((s) => s.lowerMs === null ? [] : [s.lowerMs]).sort((a, b) => a - b);
 }
 
-/** `amount` per second of the window after the warm-up. */
 /** Gateway CPU (all three) per write after the warm-up, in ms to 0.01 (changes of a few % show). */
 function cpuMsPerWrite(result: RunResult): number | null {
   if (result.gatewayCpuS === null || result.recordedWrites === 0) return null;
   return Math.round((result.gatewayCpuS * 100_000) / result.recordedWrites) / 100;
 }
 
+/** `amount` per second of the window after the warm-up. */
 function perSecond(amount: number | null, result: RunResult): number | null {
   return amount === null || result.usageS <= 0 ? null : round(amount / result.usageS);
 }
