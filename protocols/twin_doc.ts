@@ -1089,7 +1089,7 @@ function shortStamp(hlc: Timestamp): string {
 function parseKey(key: string): ParsedKey | undefined {
   if (META_KEY_SET.has(key)) return { kind: "meta" };
   if (key.startsWith("n:")) return TAG_PATTERN.test(key.slice(2)) ? { kind: "node" } : undefined;
-  if (key.startsWith("f:") || key.startsWith("c:")) {
+  if (isSlotKey(key)) {
     const at = key.indexOf("@");
     const field = key.slice(2, at);
     const tag = key.slice(at + 1);
