@@ -280,6 +280,29 @@ Deno.test("key deletes that arrive by sync, before and after a prepared epoch, b
   assertEquals(epoch.resolve().fields.modes, undefined, "neither comes back");
 });
 
+Deno.test("a key delete in a sync that brings many changes is found when the epoch starts", () => {
+  const clock = new HybridLogicalClock({ node: "gw-a" });
+  const doc = TwinDoc.create("arm-1", META, clock.now(), "gw-a");
+  doc.write([{ op: "add", field: "modes", element: "hold" }], clock.now());
+  doc.commit();
+  const stale = TwinDoc.load("arm-1", [doc.save()]);
+  // An old version's replica: many changes (more than are scanned as they
+  // arrive), then the delete.
+  const raw = Automerge.getBackend(Automerge.load(doc.save()));
+  for (let i = 0; i < 100; i++) {
+    raw.put("_root", "pad", i);
+    raw.commit("", 0);
+  }
+  raw.delete("_root", raw.keys("_root").find((k) => k.startsWith("s:modes=hold@"))!);
+  raw.commit("", 0);
+  syncDocs(doc, TwinDoc.load("arm-1", [raw.save()]));
+  assertEquals(doc.resolve().fields.modes, undefined);
+
+  const epoch = TwinDoc.rebase(doc, 1, clock.now(), "gw-a");
+  epoch.joinFrom(stale, clock.now(), "gw-b");
+  assertEquals(epoch.resolve().fields.modes, undefined, "the hold does not come back");
+});
+
 Deno.test("one flush starts at most one epoch; the twins passed over start at their next writes", () => {
   const owner = makeReplica("gw-a", { rebaseAfterOps: 30 });
   const arms = ["arm-1", "arm-2", "arm-3"];
