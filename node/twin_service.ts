@@ -123,11 +123,6 @@ export const FORWARD_DELAY_MS = 1_000;
 export const CONNECT_SYNC_DELAY_MS = 3_000;
 /** See {@link CONNECT_SYNC_DELAY_MS}. */
 export const CONNECT_SYNC_MAX_WAIT_MS = 8_000;
-/**
- * Compactions per publish tick (each is a full `save()` of one twin, 1-3 ms;
- * storage spreads the twins' due points, see TwinStorage.appendChunks).
- */
-export const MAX_COMPACTIONS_PER_TICK = 1;
 /** Concurrent inbound sync sessions per connection: a reconnect may overlap the old one. */
 export const MAX_INBOUND_SYNC_STREAMS = 2;
 /** Concurrent outbound sync sessions per connection. */
@@ -354,6 +349,7 @@ export type ServiceCounters = {
   commands_delivered: number;
   command_callback_errors: number;
   tick_errors: number;
+  compaction_errors: number;
 };
 
 /** Creates the service; nothing happens until `start()`. */
@@ -417,6 +413,7 @@ class DefaultTwinService implements TwinService {
     commands_delivered: 0,
     command_callback_errors: 0,
     tick_errors: 0,
+    compaction_errors: 0,
   };
   #callbacks = new Set<(assetId: string, command: TwinCommand) => void>();
   #commandViews = new Map<string, CommandView>();
@@ -435,16 +432,17 @@ class DefaultTwinService implements TwinService {
   #soon: ReturnType<typeof setTimeout> | undefined;
   #parkedCheck: ReturnType<typeof setTimeout> | undefined;
   #forwardTimer: ReturnType<typeof setTimeout> | undefined;
-  /** Twins past their chunk limit, compacted a few per tick. */
+  /** Twins past their chunk limit, compacted one per task (see #compactNext). */
   #compactDue = new Set<string>();
+  #compactTimer: ReturnType<typeof setTimeout> | undefined;
   /**
-   * Twins whose next store must be a snapshot, before any chunk of theirs:
-   * ones in a new epoch, and ones whose compaction failed after `save()`
-   * had moved Automerge's incremental-save point past unstored changes.
+   * Twins in a new epoch: their next store must be a snapshot, before any
+   * chunk of theirs (the stored chunks are of the old epoch's document).
    */
   #snapshotOwed = new Set<string>();
   /**
-   * Chunks a failed append did not store. Each chunk builds on the twin's
+   * Chunks for the next append: ones a failed append did not store, and ones
+   * a compaction took before its save(). Each chunk builds on the twin's
    * previous one, so they go first into the next append: a gap would make
    * the twin unloadable after a restart.
    */
@@ -532,6 +530,8 @@ class DefaultTwinService implements TwinService {
     clearTimeout(this.#parkedCheck);
     clearTimeout(this.#forwardTimer);
     clearTimeout(this.#connectTimer);
+    clearTimeout(this.#compactTimer);
+    this.#compactTimer = undefined;
     this.#connectPending.clear();
     this.#parkedCheck = undefined;
     libp2p.removeEventListener("peer:connect", this.#onPeerConnect);
@@ -771,6 +771,7 @@ class DefaultTwinService implements TwinService {
       this.#commandsStored = commandsFlushed;
       this.#settleStoreWaiters(commandsFlushed);
     }
+    this.#scheduleCompaction();
   }
 
   /** Settles the whenStored() callers of the first `upTo` commands: stored, or `failure`. */
@@ -876,21 +877,43 @@ class DefaultTwinService implements TwinService {
     this.#unstored = [];
     this.#counters.persisted_chunks += chunks.length;
     for (const assetId of due) this.#compactDue.add(assetId);
-    // Twins written at the same rate come due in the same tick; a few per
-    // tick keeps compaction from stalling the event loop for all of them.
-    let budget = MAX_COMPACTIONS_PER_TICK;
-    for (const assetId of this.#compactDue) {
-      if (budget-- === 0) break;
-      this.#compactDue.delete(assetId);
-      // Its next epoch's scan of unchecked changes, spread as compactions are
-      // (twins pass the epoch bound together; TwinDoc.prepareEpoch).
-      this.#replica.doc(assetId).prepareEpoch();
-      try {
-        this.#compact(assetId);
-      } catch (error) {
-        this.#snapshotOwed.add(assetId);
-        throw error;
-      }
+  }
+
+  /**
+   * Compacts the twins that came due in tasks of their own, one twin each,
+   * after the tick: a compaction (1-10 ms) then delays neither the answers
+   * to the commands the tick stored nor, by more than one twin's, anything
+   * else (twins written at the same rate come due together).
+   */
+  #scheduleCompaction(): void {
+    if (this.#compactTimer !== undefined || this.#compactDue.size === 0 || !this.#started) return;
+    this.#compactTimer = setTimeout(() => {
+      this.#compactTimer = undefined;
+      this.#compactNext();
+      this.#scheduleCompaction();
+    }, 0);
+  }
+
+  #compactNext(): void {
+    const [assetId] = this.#compactDue;
+    if (assetId === undefined) return;
+    this.#compactDue.delete(assetId);
+    const doc = this.#replica.doc(assetId);
+    // save() moves the incremental-save point: what the twin has not stored
+    // yet goes to the next store as a chunk first, so its chunks stay a
+    // whole chain should the snapshot not be stored (and are merely
+    // repeated by the snapshot when it is).
+    const pending = doc.saveIncremental();
+    if (pending.length > 0) this.#unstored.push({ assetId, bytes: pending });
+    // Its next epoch's scan of unchecked changes, spread as compactions are
+    // (twins pass the epoch bound together; TwinDoc.prepareEpoch).
+    doc.prepareEpoch();
+    try {
+      this.#compact(assetId);
+    } catch (error) {
+      // The storage lets it come due again at a later store.
+      this.#counters.compaction_errors++;
+      this.#components.logger.error("twin compaction failed", { assetId, error: String(error) });
     }
   }
 
