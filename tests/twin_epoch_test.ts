@@ -8,7 +8,7 @@ import { formatTimestamp, HybridLogicalClock, type Timestamp } from "../protocol
 import { decodeGossip, encodeGossip, parseTwinDocId, twinDocId } from "../protocols/twin_codec.ts";
 import { TwinDoc } from "../protocols/twin_doc.ts";
 import type { FlushedChanges, TwinReplica } from "../protocols/twin_replica.ts";
-import { FakeWallClock, makeReplica, syncInMemory } from "./twin_test_util.ts";
+import { FakeWallClock, makeReplica, syncDocs, syncInMemory } from "./twin_test_util.ts";
 
 const META = { kind: "welding-arm", factory: "f1", owner: "gw-a", ownerNode: "gw-a" };
 
@@ -233,22 +233,6 @@ Deno.test("an OR-set add removed by a key delete (before tombstones) stays remov
   other.joinFrom(removed, clock.now(), "gw-a");
   assertEquals(other.resolve().fields.modes, undefined, "the delete is carried as a tombstone");
 });
-
-/** Runs Automerge sync between two twin documents until neither has anything to send. */
-function syncDocs(ours: TwinDoc, theirs: TwinDoc): void {
-  let ourState = Automerge.initSyncState();
-  let theirState = Automerge.initSyncState();
-  for (let round = 0; round < 10; round++) {
-    const [nextTheirs, toUs] = theirs.generateSyncMessage(theirState);
-    theirState = nextTheirs;
-    if (toUs) ourState = ours.receiveSyncMessage(ourState, toUs);
-    const [nextOurs, toThem] = ours.generateSyncMessage(ourState);
-    ourState = nextOurs;
-    if (toThem) theirState = theirs.receiveSyncMessage(theirState, toThem);
-    if (!toUs && !toThem) return;
-  }
-  throw new Error("sync did not settle");
-}
 
 Deno.test("key deletes that arrive by sync, before and after a prepared epoch, become tombstones", () => {
   const clock = new HybridLogicalClock({ node: "gw-a" });

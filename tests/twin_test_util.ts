@@ -2,7 +2,9 @@
  * Helpers for twin tests: in-memory sync between replicas (through the real
  * codec), minimal in-process libp2p nodes, fake clocks and loggers.
  */
+import * as Automerge from "@automerge/automerge";
 import { HybridLogicalClock } from "../protocols/hlc.ts";
+import type { TwinDoc } from "../protocols/twin_doc.ts";
 import { decodeSyncFrame, encodeSyncFrame, type SyncFrame } from "../protocols/twin_codec.ts";
 import { TwinReplica } from "../protocols/twin_replica.ts";
 import { TwinSyncSession, type TwinSyncTarget } from "../protocols/twin_sync.ts";
@@ -68,6 +70,22 @@ export function syncInMemory(a: TwinSyncTarget, b: TwinSyncTarget): number {
     if (toInitiator.length === 0 && toResponder.length === 0) break;
   }
   throw new Error(`sync did not finish (initiator ${initiator.done}, responder ${responder.done})`);
+}
+
+/** Runs Automerge sync between two twin documents until neither has anything to send. */
+export function syncDocs(ours: TwinDoc, theirs: TwinDoc): void {
+  let ourState = Automerge.initSyncState();
+  let theirState = Automerge.initSyncState();
+  for (let round = 0; round < 10; round++) {
+    const [nextTheirs, toUs] = theirs.generateSyncMessage(theirState);
+    theirState = nextTheirs;
+    if (toUs) ourState = ours.receiveSyncMessage(ourState, toUs);
+    const [nextOurs, toThem] = ours.generateSyncMessage(ourState);
+    ourState = nextOurs;
+    if (toThem) theirState = theirs.receiveSyncMessage(theirState, toThem);
+    if (!toUs && !toThem) return;
+  }
+  throw new Error("sync did not settle");
 }
 
 /** A logger that keeps what it was told, for assertions. */
