@@ -204,8 +204,12 @@ export class TwinDoc {
    * save instead, which repeats some stored changes (harmless on load).
    */
   #unsavedUnlisted = false;
-  /** Automerge holds changes back (from a sync or a load): any apply may release them. */
-  #mayRelease = false;
+  /**
+   * Automerge may hold changes back, waiting for a dependency: only a sync
+   * message or a load can leave it so (gossip parks its own changes until
+   * they are ready). While it is, any apply may release them.
+   */
+  #mayHoldBack = false;
   /** resolve() of the current state; dropped by every change (reads poll far more often than writes land). */
   #resolved: ResolvedTwin | undefined;
   #meta: Partial<TwinMeta> | undefined;
@@ -279,7 +283,7 @@ export class TwinDoc {
     const doc = new TwinDoc(assetId, Automerge.load(concatBytes(chunks)));
     // Everything loaded is already stored: Automerge's next incremental save starts here.
     doc.#handle.saveIncremental();
-    doc.#mayRelease = doc.#holdsBack();
+    doc.#mayHoldBack = true;
     doc.#deleteScan.stale = true; // written by whatever version stored it
     return doc;
   }
@@ -569,13 +573,12 @@ export class TwinDoc {
       } catch (error) {
         this.#keys = undefined; // whatever Automerge kept, the map is listed afresh
         this.#unsavedUnlisted = true; // and whatever it applied is found by Automerge
+        this.#mayHoldBack = true;
         throw error;
       }
       this.#noteUnsaved(ready);
-      if (this.#mayRelease) {
-        this.#unsavedUnlisted = true;
-        this.#mayRelease = this.#holdsBack();
-      }
+      if (this.#mayHoldBack) this.#unsavedUnlisted = true; // it may have released some
+
       for (const key of keys) this.#keys?.add(key);
       // Maps of changes Automerge held back are not in yet: listed when met.
       if (!this.#holdsBack()) {
@@ -619,7 +622,9 @@ export class TwinDoc {
 
   /** True when Automerge holds changes back, waiting for a dependency. */
   #holdsBack(): boolean {
-    return this.#handle.getMissingDeps([]).length > 0;
+    if (!this.#mayHoldBack) return false;
+    this.#mayHoldBack = this.#handle.getMissingDeps([]).length > 0;
+    return this.#mayHoldBack;
   }
 
   /** Automerge sync: the next message for a peer, or null when it has everything. */
@@ -661,14 +666,14 @@ export class TwinDoc {
       this.#forgetAll();
       this.#deleteScanFrom(headsBefore);
       this.#unsavedUnlisted = true;
-      this.#mayRelease = this.#holdsBack();
+      this.#mayHoldBack = true;
       throw new TwinSyncMessageError(this.assetId, "was refused by Automerge", { cause });
     }
     this.#forgetAll(); // a sync message may touch any key
     this.#doc = next[0];
     this.#handle = Automerge.getBackend(this.#doc);
     this.#unsavedUnlisted ||= !sameHeads(headsBefore, this.#handle.getHeads());
-    this.#mayRelease = this.#holdsBack();
+    this.#mayHoldBack = true;
     // Its changes were not checked op by op: they may delete (an old
     // version's removes), and so may what Automerge holds back for later.
     if (!sameHeads(headsBefore, this.#handle.getHeads()) || this.#holdsBack()) {
