@@ -89,11 +89,12 @@ export const MAX_PARKED_CHANGES_PER_DOC = 256;
 /** What #deletedAdds finds in a document of a later epoch. */
 const NO_DELETES: ReadonlySet<string> = new Set();
 /**
- * A sync message that brings at most this many changes has them scanned for
- * deletes at once (~17 µs per change); after a larger one the scan waits for
- * the next #deletedAdds, so a big reconcile is not slowed.
+ * A sync message that brings at most this many changes has them listed for
+ * the next incremental save and scanned for deletes (~17 µs per change) as
+ * it arrives; after a larger one both wait (the save asks Automerge, the
+ * scan runs at the next #deletedAdds), so a big reconcile is not slowed.
  */
-const EAGER_DELETE_SCAN_CHANGES = 64;
+const FEW_SYNC_CHANGES = 64;
 /**
  * Unsaved changes a document lists at most (a document nobody saves, as in a
  * test or a benchmark, must not grow a list); past it, saveIncremental()
@@ -672,20 +673,24 @@ export class TwinDoc {
     this.#forgetAll(); // a sync message may touch any key
     this.#doc = next[0];
     this.#handle = Automerge.getBackend(this.#doc);
-    this.#unsavedUnlisted ||= !sameHeads(headsBefore, this.#handle.getHeads());
     this.#mayHoldBack = true;
+    const brought = this.changeCount() - changesBefore;
+    const few = brought <= FEW_SYNC_CHANGES;
+    if (brought > 0) {
+      // Listed for the next save. Asking Automerge instead would repeat
+      // every change since its own last save (the twin's last compaction).
+      if (few) this.#noteUnsaved(this.#handle.getChanges(headsBefore));
+      else this.#unsavedUnlisted = true;
+    }
     // Its changes were not checked op by op: they may delete (an old
     // version's removes), and so may what Automerge holds back for later.
-    if (!sameHeads(headsBefore, this.#handle.getHeads()) || this.#holdsBack()) {
+    if (brought > 0 || this.#holdsBack()) {
       const upToDate = !this.#deleteScan.stale;
       this.#deleteScanFrom(headsBefore);
       // A few changes cost little to scan now. Left stale, the scan would
       // decode every change after them later, gossip's too: 5-8 ms per twin
       // at its first compaction after the catch-up sync of every connection.
-      const brought = this.changeCount() - changesBefore;
-      if (upToDate && brought <= EAGER_DELETE_SCAN_CHANGES && !this.#holdsBack()) {
-        this.#deletedAdds();
-      }
+      if (upToDate && few && !this.#holdsBack()) this.#deletedAdds();
     }
     this.#applyReadyParked();
     return next[1];

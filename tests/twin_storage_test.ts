@@ -324,6 +324,9 @@ Deno.test("incremental saves of every way a change enters a twin load back to th
   write(103); // gossip lost: a sync brings it
   syncDocs(replica, writer);
   store();
+  for (let i = 0; i < 70; i++) write(200 + i); // more than a sync's changes are listed
+  syncDocs(replica, writer);
+  store();
   // A sync message with a change whose dependency is missing: Automerge
   // holds it back, and the gossip that brings the dependency releases it.
   const [missing, held] = [write(104), write(105)];
