@@ -1093,11 +1093,6 @@ function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
   return out;
 }
 
-function sameHeads(a: readonly string[], b: readonly string[]): boolean {
-  const named = new Set(a);
-  return a.length === b.length && b.every((hash) => named.has(hash));
-}
-
 /** True when `a` wins over `b` for the same key: a later HLC, a larger total; never for other keys. */
 function outranks(a: Carried, b: Carried): boolean {
   if (a.hlc && b.hlc) return compareTimestamps(a.hlc, b.hlc) > 0;
