@@ -101,12 +101,16 @@ function loadAfterCrash(dbPath: string, id: string): TwinDoc {
   }
 }
 
-/** Makes every append to the twin log fail as a full disk would; returns the undo. */
-function failAppends(db: DatabaseSync): () => void {
+/**
+ * Makes every insert into `table` (appends to the log, or snapshots) fail as
+ * a full disk would; returns the undo.
+ */
+function failInserts(db: DatabaseSync, table: "twin_log" | "twin_snapshots"): () => void {
   db.exec(
-    "CREATE TRIGGER disk_full BEFORE INSERT ON twin_log BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    `CREATE TRIGGER disk_full_${table} BEFORE INSERT ON ${table} ` +
+      "BEGIN SELECT RAISE(ABORT, 'disk full'); END",
   );
-  return () => db.exec("DROP TRIGGER disk_full");
+  return () => db.exec(`DROP TRIGGER IF EXISTS disk_full_${table}`);
 }
 
 Deno.test({
@@ -364,10 +368,7 @@ Deno.test({
       });
       const stored = () =>
         loadAfterCrash(dbPath, "arm-1").resolve().fields["setpoints.wireFeedMps"];
-      a.db.exec(
-        "CREATE TRIGGER no_snapshots BEFORE INSERT ON twin_snapshots " +
-          "BEGIN SELECT RAISE(ABORT, 'no room for snapshots'); END",
-      );
+      const diskBack = failInserts(a.db, "twin_snapshots");
       try {
         for (let i = 1; i <= 6; i++) {
           a.service.command("arm-1", { setpoints: { wireFeedMps: i / 100 } });
@@ -386,13 +387,13 @@ Deno.test({
         await a.service.flushNow();
         equal(stored()?.value, 0.07);
 
-        a.db.exec("DROP TRIGGER no_snapshots");
+        diskBack();
         a.service.command("arm-1", { setpoints: { wireFeedMps: 0.08 } });
         await a.service.whenStored();
         await eventually(() => a.service.stats().compactions >= 1, 10_000, "compacted");
         equal(stored()?.value, 0.08);
       } finally {
-        a.db.exec("DROP TRIGGER IF EXISTS no_snapshots"); // stop compacts every twin
+        diskBack(); // stop compacts every twin
         await a.stop();
       }
     }),
@@ -445,7 +446,7 @@ Deno.test({
         await gateway.service.whenStored();
         equal(storedCurrent(), 160);
 
-        const diskBack = failAppends(gateway.db);
+        const diskBack = failInserts(gateway.db, "twin_log");
         gateway.service.command("arm-1", { setpoints: { weldCurrentA: 170 } });
         await rejects(gateway.service.whenStored(), (error: Error) => {
           ok(error instanceof TwinNotStoredError, String(error));
@@ -479,7 +480,7 @@ Deno.test({
           await gateway.service.flushNow();
         };
         await tick();
-        const diskBack = failAppends(gateway.db);
+        const diskBack = failInserts(gateway.db, "twin_log");
         await rejects(tick(), /disk full/);
         diskBack();
         await tick();
