@@ -579,7 +579,6 @@ export class TwinDoc {
       }
       this.#noteUnsaved(ready);
       if (this.#mayHoldBack) this.#unsavedUnlisted = true; // it may have released some
-
       for (const key of keys) this.#keys?.add(key);
       // Maps of changes Automerge held back are not in yet: listed when met.
       if (!this.#holdsBack()) {
@@ -1081,7 +1080,7 @@ interface Carried {
   readonly total?: number;
 }
 
-/** Two heads lists name the same changes. */
+/** The parts in one array (the part itself when there is only one). */
 function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
   if (parts.length === 1) return parts[0]!;
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
