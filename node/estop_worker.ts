@@ -13,6 +13,7 @@ import { tcp } from "@libp2p/tcp";
 import { noise } from "@chainsafe/libp2p-noise";
 import { preSharedKey } from "@libp2p/pnet";
 import { privateKeyFromProtobuf } from "@libp2p/crypto/keys";
+import { withImportedSigningKey } from "./ed25519_keys.ts";
 import { peerIdFromPrivateKey, peerIdFromString } from "@libp2p/peer-id";
 import { multiaddr } from "@multiformats/multiaddr";
 import { HybridLogicalClock, SharedClockState } from "../protocols/hlc.ts";
@@ -58,7 +59,7 @@ class MirroredRoster {
 async function start(init: EstopWorkerInit) {
   const log = createLogger({ level: init.logLevel, peer: init.self.peerId, component: "gateway" })
     .child("estop");
-  const privateKey = privateKeyFromProtobuf(init.privateKey);
+  const privateKey = withImportedSigningKey(privateKeyFromProtobuf(init.privateKey));
   const self = peerIdFromPrivateKey(privateKey).toString();
   if (self !== init.self.peerId) throw new Error("e-stop thread key does not match the gateway");
   const store = openStore(init.dataDir, { file: ESTOP_DATABASE_FILE, synchronous: "FULL" });

@@ -12,6 +12,7 @@ import { parseHostPort } from "./config.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { type GatewayStore, openStore } from "./storage.ts";
 import { loadOrCreateIdentity } from "./identity.ts";
+import { withImportedSigningKey } from "./ed25519_keys.ts";
 import { readMeshKey } from "./mesh_key.ts";
 import { createMeshNode, MdnsSightings, type MeshNode } from "./libp2p.ts";
 import { formatAgent, Mesh } from "./mesh.ts";
@@ -95,7 +96,9 @@ async function assemble(
   cleanups: Array<[string, () => unknown]>,
   startedAt: number,
 ): Promise<Gateway> {
-  const { key, created } = await loadOrCreateIdentity(config.dataDir);
+  const { key: storedKey, created } = await loadOrCreateIdentity(config.dataDir);
+  // Imported once: every gossip message and e-stop frame is signed with it.
+  const key = withImportedSigningKey(storedKey);
   const peerId = peerIdFromPrivateKey(key).toString();
   const log = createLogger({ level: config.logLevel, peer: peerId });
   log.info(created ? "created new identity" : "loaded identity", { dataDir: config.dataDir });
