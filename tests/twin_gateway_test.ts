@@ -49,8 +49,14 @@ const WRITES_PER_SIDE = 1_500;
 const WRITES_IN_FLIGHT = 10;
 /** The bound from the heal (bridge restarted) to equal replicas. */
 const CONVERGE_MS_MAX = 10_000;
-/** After convergence, changes that carry no winning value may trail by a moment. */
-const CHANGES_SETTLE_MS_MAX = 5_000;
+/**
+ * After convergence, changes that carry no winning value may trail: they
+ * reach f1b by way of f1a's forwarding session. This check is about nothing
+ * being lost, and the time it took is printed; on a host ~2.4x slower than
+ * the one this bound was first set on (5 s), it took up to 10 s, so the old
+ * code failed it there too.
+ */
+const CHANGES_SETTLE_MS_MAX = 15_000;
 /** history() returns at most this many changes (MAX_HISTORY_ENTRIES). */
 const HISTORY_LIMIT = 1_000;
 /** Fewer telemetry samples than the default 100 Hz: the host's 2 cores are shared. */
