@@ -78,7 +78,8 @@ export async function createGateway(config: GatewayConfig): Promise<Gateway> {
   const startedAt = performance.now();
   const meshKey = config.meshKeyFile ? readMeshKey(config.meshKeyFile) : null;
   const http = parseHostPort(config.http);
-  const store = openStore(config.dataDir);
+  // The twin service checkpoints the WAL after its ticks (WAL_CHECKPOINT_INTERVAL_MS).
+  const store = openStore(config.dataDir, { walCheckpointedByCaller: true });
   const cleanups: Array<[string, () => unknown]> = [["storage", () => store.close()]];
   try {
     return await assemble(config, store, meshKey, http, cleanups, startedAt);

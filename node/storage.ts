@@ -10,6 +10,13 @@ import { join } from "node:path";
 
 export const DATABASE_FILE = "twinmesh.db";
 const PID_FILE = "gateway.pid";
+/**
+ * WAL pages after which SQLite checkpoints by itself, inside whichever
+ * commit crosses the mark, when the caller checkpoints
+ * (`walCheckpointedByCaller`): a backstop (~40 MB of WAL) should its
+ * checkpoints stop. SQLite's default is 1,000 pages.
+ */
+export const WAL_BACKSTOP_PAGES = 10_000;
 
 /** The data directory is unusable (locked by another gateway, unwritable …). */
 export class DataDirError extends Error {
@@ -36,6 +43,32 @@ export interface StoreOptions {
    * commit is synced (the e-stop thread's own database).
    */
   synchronous?: "NORMAL" | "FULL";
+  /**
+   * The caller runs {@link checkpointWal} at moments of its choosing (the twin service does, after its ticks): SQLite's own
+   * checkpoint, which copies the WAL into the database inside a commit and
+   * so holds that commit up, then waits for {@link WAL_BACKSTOP_PAGES}.
+   */
+  walCheckpointedByCaller?: boolean;
+}
+
+/** What one checkpoint did (SQLite's `wal_checkpoint` answer; -1 when not in WAL mode). */
+export interface CheckpointResult {
+  /** Frames in the WAL. */
+  frames: number;
+  /** Frames now copied into the database. */
+  checkpointed: number;
+}
+
+/**
+ * Copies what the WAL holds into the database without waiting for anything
+ * (PASSIVE); the next commit then starts the WAL over.
+ */
+export function checkpointWal(db: DatabaseSync): CheckpointResult {
+  const row = db.prepare("PRAGMA wal_checkpoint(PASSIVE)").get() as {
+    log: number;
+    checkpointed: number;
+  };
+  return { frames: row.log, checkpointed: row.checkpointed };
 }
 
 /** Creates `dataDir` if needed, opens and locks the database. */
@@ -59,6 +92,9 @@ export function openStore(dataDir: string, options: StoreOptions = {}): GatewayS
     db.exec("PRAGMA locking_mode = EXCLUSIVE");
     db.exec("PRAGMA journal_mode = WAL");
     db.exec(`PRAGMA synchronous = ${options.synchronous ?? "NORMAL"}`);
+    if (options.walCheckpointedByCaller) {
+      db.exec(`PRAGMA wal_autocheckpoint = ${WAL_BACKSTOP_PAGES}`);
+    }
     // Taking a write lock now makes exclusive mode hold it from here on.
     db.exec(
       "BEGIN EXCLUSIVE; CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); COMMIT",

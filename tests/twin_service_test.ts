@@ -4,6 +4,7 @@ import { lpStream } from "@libp2p/utils";
 import { HybridLogicalClock } from "../protocols/hlc.ts";
 import { TwinDoc } from "../protocols/twin_doc.ts";
 import { TwinStorage } from "../node/twin_storage.ts";
+import { type GatewayStore, openStore, WAL_BACKSTOP_PAGES } from "../node/storage.ts";
 import { TWIN_SYNC_PROTOCOL } from "../protocols/twin_codec.ts";
 import {
   createTwinService,
@@ -35,6 +36,7 @@ async function startGateway(
     compactAfterChunks?: number;
     rebaseAfterOps?: number;
     publishIntervalMs?: number;
+    walCheckpointIntervalMs?: number;
     /** Randomness of the service (peer choice, compaction points). */
     random?: () => number;
   } = {},
@@ -48,6 +50,7 @@ async function startGateway(
     compactAfterChunks: options.compactAfterChunks,
     rebaseAfterOps: options.rebaseAfterOps,
     publishIntervalMs: options.publishIntervalMs,
+    walCheckpointIntervalMs: options.walCheckpointIntervalMs,
   }, {
     libp2p: node,
     db,
@@ -397,6 +400,59 @@ Deno.test({
         await a.stop();
       }
     }),
+});
+
+Deno.test({
+  name: "the WAL is checkpointed by the service after its stores, not by SQLite inside a commit",
+  ...options,
+  fn: () =>
+    withDbPath(async (dbPath) => {
+      const a = await startGateway("gw-a", [{ id: "arm-1", kind: "welding-arm" }], {
+        dbPath,
+        walCheckpointIntervalMs: 20,
+      });
+      // As the gateway's store would be, but with SQLite's own checkpoint off.
+      a.db.exec("PRAGMA journal_mode = WAL");
+      a.db.exec("PRAGMA wal_autocheckpoint = 0");
+      try {
+        equal(a.service.stats().wal_checkpoint_frames, 0);
+        for (let i = 1; i <= 10; i++) {
+          a.service.command("arm-1", { setpoints: { wireFeedMps: i / 100 } });
+          await a.service.whenStored();
+          await new Promise((resolve) => setTimeout(resolve, 5));
+        }
+        await eventually(
+          () => a.service.stats().wal_checkpoint_frames > 0,
+          10_000,
+          "the WAL's frames copied into the database",
+        );
+        equal(a.service.stats().wal_checkpoint_errors, 0);
+        ok(a.service.stats().wal_checkpoints >= 1);
+        equal(
+          loadAfterCrash(dbPath, "arm-1").resolve().fields["setpoints.wireFeedMps"]?.value,
+          0.1,
+        );
+      } finally {
+        await a.stop();
+      }
+    }),
+});
+
+Deno.test("a store whose caller checkpoints leaves SQLite's own checkpoint as a backstop", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "twin_service_wal_" });
+  const pages = (store: GatewayStore) =>
+    (store.db.prepare("PRAGMA wal_autocheckpoint").get() as { wal_autocheckpoint: number })
+      .wal_autocheckpoint;
+  try {
+    const checkpointed = openStore(`${dir}/a`, { walCheckpointedByCaller: true });
+    equal(pages(checkpointed), WAL_BACKSTOP_PAGES);
+    checkpointed.close();
+    const plain = openStore(`${dir}/b`);
+    equal(pages(plain), 1000); // SQLite's default
+    plain.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test({
