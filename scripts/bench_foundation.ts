@@ -47,8 +47,17 @@ async function discovery(dir: string): Promise<{ fromReadyS: number; fromSpawnS:
     await Promise.all(gateways.map((g) => waitReady(g, 30_000)));
     const readyAt = performance.now();
     for (;;) {
+      // A gateway too busy to answer within getJson's timeout (10 gateways
+      // starting on a slow host) counts as not linked yet, not as a failure.
       const counts = await Promise.all(
-        gateways.map(async (g) => (await getJson<unknown[]>(g, "/peers")).length),
+        gateways.map(async (g) => {
+          try {
+            return (await getJson<unknown[]>(g, "/peers")).length;
+          } catch (error) {
+            if (error instanceof DOMException && error.name === "TimeoutError") return -1;
+            throw error;
+          }
+        }),
       );
       if (counts.every((c) => c === GATEWAYS - 1)) break;
       if (performance.now() - readyAt > 60_000) {
