@@ -9,14 +9,12 @@
  * ~65), not enough to patch the library's public-key class for it.
  */
 import type { PrivateKey } from "@libp2p/interface";
+import { Buffer } from "node:buffer";
 import { createPrivateKey, sign } from "node:crypto";
 
 const SEED_BYTES = 32;
 
-function base64url(bytes: Uint8Array): string {
-  return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_")
-    .replace(/=+$/, "");
-}
+const base64url = (bytes: Uint8Array) => Buffer.from(bytes).toString("base64url");
 
 /**
  * Makes `key.sign` use a key imported once (for an Ed25519 key; any other

@@ -44,31 +44,22 @@ export interface StoreOptions {
    */
   synchronous?: "NORMAL" | "FULL";
   /**
-   * The caller runs {@link checkpointWal} at moments of its choosing (the twin service does, after its ticks): SQLite's own
-   * checkpoint, which copies the WAL into the database inside a commit and
-   * so holds that commit up, then waits for {@link WAL_BACKSTOP_PAGES}.
+   * The caller runs {@link checkpointWal} at moments of its choosing (the
+   * twin service does, after its ticks): SQLite's own checkpoint, which
+   * copies the WAL into the database inside a commit and so holds that
+   * commit up, then waits for {@link WAL_BACKSTOP_PAGES}.
    */
   walCheckpointedByCaller?: boolean;
 }
 
-/** What one checkpoint did (SQLite's `wal_checkpoint` answer; -1 when not in WAL mode). */
-export interface CheckpointResult {
-  /** Frames in the WAL. */
-  frames: number;
-  /** Frames now copied into the database. */
-  checkpointed: number;
-}
-
 /**
  * Copies what the WAL holds into the database without waiting for anything
- * (PASSIVE); the next commit then starts the WAL over.
+ * (PASSIVE; the next commit then starts the WAL over). Returns the frames
+ * copied (0 for a database not in WAL mode).
  */
-export function checkpointWal(db: DatabaseSync): CheckpointResult {
-  const row = db.prepare("PRAGMA wal_checkpoint(PASSIVE)").get() as {
-    log: number;
-    checkpointed: number;
-  };
-  return { frames: row.log, checkpointed: row.checkpointed };
+export function checkpointWal(db: DatabaseSync): number {
+  const row = db.prepare("PRAGMA wal_checkpoint(PASSIVE)").get() as { checkpointed: number };
+  return Math.max(0, row.checkpointed);
 }
 
 /** Creates `dataDir` if needed, opens and locks the database. */

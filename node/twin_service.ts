@@ -926,10 +926,7 @@ class DefaultTwinService implements TwinService {
       this.#checkpointTimer = undefined;
       this.#checkpointedAtMs = performance.now();
       try {
-        this.#counters.wal_checkpoint_frames += Math.max(
-          0,
-          checkpointWal(this.#components.db).checkpointed,
-        );
+        this.#counters.wal_checkpoint_frames += checkpointWal(this.#components.db);
         this.#counters.wal_checkpoints++;
       } catch (error) {
         // SQLite's own checkpoint (WAL_BACKSTOP_PAGES) still bounds the WAL.
