@@ -6,9 +6,10 @@
  * simulated span, with epochs (as gateways run) and, for contrast and over a
  * shorter span, without them (history never trimmed).
  *
- * Automerge 3.5 applies a remote change in time linear in the ops of the map
- * it touches, so without epochs the cost climbs all day; with them it stays
- * flat. Prints a table, then as the last line one JSON object.
+ * Applying a remote change costs time that grows with the ops of the key it
+ * writes (in Automerge 3.5, of the map it writes), so without epochs the cost
+ * climbs all day; with them it stays flat. Prints a table, then as the last
+ * line one JSON object.
  *
  * Options: `--hours n` (24, with epochs), `--hours-without n` (4),
  * `--interval-s n` (5, the gateway's default `--twin-summary-ms`).
