@@ -1,6 +1,6 @@
 /**
  * Twin sync sessions: Automerge's sync protocol for every twin two peers both
- * replicate, run over one stream of the `/twinmesh/twin-sync/5.0.0` protocol
+ * replicate, run over one stream of the `/twinmesh/twin-sync/6.0.0` protocol
  * on every (re)connection. It fetches whatever gossip missed, so a partition
  * of any length heals without manual work.
  *
@@ -40,6 +40,7 @@ import {
   MAX_SYNC_MESSAGE_BYTES,
   type SyncFrame,
   TwinCodecError,
+  unpackSyncMessage,
 } from "./twin_codec.ts";
 import type { TwinSyncState } from "./twin_doc.ts";
 import * as Automerge from "@automerge/automerge";
@@ -368,9 +369,9 @@ export class TwinSyncSession {
       return;
     }
     this.#incoming.delete(frame.docId);
-    const message = partial.chunks.length === 1
-      ? partial.chunks[0]!
-      : concat(partial.chunks, partial.bytes);
+    const message = unpackSyncMessage(
+      partial.chunks.length === 1 ? partial.chunks[0]! : concat(partial.chunks, partial.bytes),
+    );
     const state = this.#states.get(frame.docId) ?? Automerge.initSyncState();
     this.#states.set(frame.docId, this.#target.receiveSyncMessage(frame.docId, state, message));
     this.#heardFrom.add(frame.docId);

@@ -1,7 +1,7 @@
 /**
  * Reconcile benchmark: two replicas of the same twins diverge by N twin
  * field writes each (while partitioned), then heal with one real sync
- * session (`/twinmesh/twin-sync/5.0.0` frames over an in-process libp2p
+ * session (`/twinmesh/twin-sync/6.0.0` frames over an in-process libp2p
  * stream pair). Prints a table, then as the last line one JSON object for the
  * largest N.
  *

@@ -1,6 +1,7 @@
 import { deepStrictEqual, equal, ok, rejects, throws } from "node:assert/strict";
 import { assert } from "../protocols/assert.ts";
 import { lpStream, streamPair } from "@libp2p/utils";
+import * as Automerge from "@automerge/automerge";
 import {
   chunkSyncMessage,
   decodeGossip,
@@ -9,9 +10,12 @@ import {
   encodeSyncFrame,
   MAX_HELLO_DOCS,
   MAX_SYNC_FRAME_BYTES,
+  MAX_SYNC_MESSAGE_BYTES,
+  packSyncMessage,
   SYNC_CHUNK_BYTES,
   TWIN_SYNC_VERSION,
   TwinCodecError,
+  unpackSyncMessage,
 } from "../protocols/twin_codec.ts";
 import {
   runTwinSyncSession,
@@ -191,10 +195,10 @@ Deno.test("a hello round-trips, and one from an older twin protocol is refused b
   deepStrictEqual(decodeSyncFrame(encodeSyncFrame(hello)), hello);
   const scoped = { type: "hello" as const, factories: ["f1"], docs: [], scoped: true };
   deepStrictEqual(decodeSyncFrame(encodeSyncFrame(scoped)), scoped);
-  // Version 4 (flat writer slots): an older version byte is refused by name.
+  // Version 5 (sync messages not packed): an older version byte is refused by name.
   const older = encodeSyncFrame(hello);
   older[1] = TWIN_SYNC_VERSION - 1;
-  throws(() => decodeSyncFrame(older), /sync version 4; expected 5/);
+  throws(() => decodeSyncFrame(older), /sync version 5; expected 6/);
 });
 
 Deno.test("a hello for the most twins a replica holds fits a frame: heads past the budget are left out", () => {
@@ -263,14 +267,27 @@ Deno.test("a sync message larger than a frame travels as chunks and is reassembl
 });
 
 Deno.test("chunkSyncMessage() splits at the chunk size and frames decode back", () => {
-  const message = new Uint8Array(SYNC_CHUNK_BYTES * 2 + 5).map((_, i) => i % 251);
+  // Incompressible, so it travels raw: one format byte more than the message.
+  let x = 2463534242;
+  const message = new Uint8Array(SYNC_CHUNK_BYTES * 2 + 5).map(() => {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    return x & 0xff;
+  });
   const frames = chunkSyncMessage("arm-1", message);
   equal(frames.length, 3);
+  const parts: Uint8Array[] = [];
   for (const frame of frames) {
     const bytes = encodeSyncFrame(frame);
     ok(bytes.length <= MAX_SYNC_FRAME_BYTES);
     deepStrictEqual(decodeSyncFrame(bytes), frame);
+    assert(frame.type === "sync", "chunks are sync frames");
+    parts.push(frame.bytes);
   }
+  const joined = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  parts.reduce((at, p) => (joined.set(p, at), at + p.length), 0);
+  deepStrictEqual(unpackSyncMessage(joined), message);
 });
 
 Deno.test("a peer sending a malformed frame fails the session without harming the replica", async () => {
@@ -326,13 +343,53 @@ Deno.test("a peer sending a garbage Automerge message inside a valid frame fails
       docId: "arm-1",
       part: 0,
       parts: 1,
-      bytes: new Uint8Array([1, 2, 3]),
+      bytes: new Uint8Array([0, 1, 2, 3]), // packed raw (format 0), not Automerge
     });
     responder.receive({ type: "end-round" });
   } catch (e) {
     error = e;
   }
   equal((error as Error).name, "TwinSyncMessageError");
+});
+
+Deno.test("a sync message that does not unpack fails the session as a codec error", () => {
+  const bomb = packSyncMessage(new Uint8Array(MAX_SYNC_MESSAGE_BYTES + 1));
+  ok(bomb.length < SYNC_CHUNK_BYTES, "a bomb fits one frame");
+  const cases: [string, Uint8Array, boolean][] = [
+    ["not deflate", new Uint8Array([1, 2, 3]), false],
+    ["unknown format", new Uint8Array([7, 2, 3]), false],
+    ["empty", new Uint8Array(0), false],
+    ["inflates past the limit", bomb, true],
+  ];
+  for (const [name, bytes, oversized] of cases) {
+    const { a, b } = divergedPair();
+    const responder = new TwinSyncSession("responder", a);
+    responder.start();
+    responder.receive(new TwinSyncSession("initiator", b).start()[0]!);
+    let error: unknown;
+    try {
+      responder.receive({ type: "sync", docId: "arm-1", part: 0, parts: 1, bytes });
+    } catch (e) {
+      error = e;
+    }
+    ok(error instanceof TwinCodecError, `${name}: ${error}`);
+    equal(error.oversized, oversized, name);
+  }
+});
+
+Deno.test("large sync messages travel deflated, small ones as they are, and both unpack", () => {
+  const { a } = divergedPair();
+  const [, message] = a.generateSyncMessage("arm-1", Automerge.initSyncState());
+  ok(message, "the diverged side has something to say");
+  const small = new Uint8Array([9, 8, 7]);
+  deepStrictEqual(packSyncMessage(small), new Uint8Array([0, 9, 8, 7]));
+  deepStrictEqual(unpackSyncMessage(packSyncMessage(small)), small);
+  const repetitive = new Uint8Array(64 * 1024).map((_, i) => i % 7);
+  const packed = packSyncMessage(repetitive);
+  equal(packed[0], 1, "deflated");
+  ok(packed.length < repetitive.length / 10);
+  deepStrictEqual(unpackSyncMessage(packed), repetitive);
+  deepStrictEqual(unpackSyncMessage(packSyncMessage(message)), message);
 });
 
 Deno.test("decodeGossip() rejects malformed and oversized messages", () => {
