@@ -20,6 +20,7 @@
  * ```
  */
 import { createHash } from "node:crypto";
+import { bytesToHex } from "./hex.ts";
 
 /** What the header of a change says. */
 export interface ChangeHeader {
@@ -61,8 +62,8 @@ function readHeader(bytes: Uint8Array): ChangeHeader | undefined {
   const length = reader.uleb();
   if (reader.offset + length !== bytes.length) return undefined;
   const deps: string[] = [];
-  for (let n = reader.uleb(); n > 0; n--) deps.push(hex(reader.take(HASH_BYTES)));
-  const actor = hex(reader.take(reader.uleb()));
+  for (let n = reader.uleb(); n > 0; n--) deps.push(bytesToHex(reader.take(HASH_BYTES)));
+  const actor = bytesToHex(reader.take(reader.uleb()));
   const seq = reader.uleb();
   const startOp = reader.uleb();
   const time = reader.sleb();
@@ -111,10 +112,4 @@ class Reader {
       if ((b & 0x80) === 0) return b & 0x40 ? value - shift : value;
     }
   }
-}
-
-function hex(bytes: Uint8Array): string {
-  let out = "";
-  for (const b of bytes) out += b.toString(16).padStart(2, "0");
-  return out;
 }
