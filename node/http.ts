@@ -3,6 +3,7 @@
  * own the data; this module handles parsing, limits and errors so that a bad
  * request gets a 4xx with a JSON error and never reaches a crash.
  */
+import { concatBytes } from "../protocols/bytes.ts";
 import type { Logger } from "./log.ts";
 import { newTraceId, nowMs, round, type Tracer } from "./trace.ts";
 
@@ -115,7 +116,7 @@ async function readJson(request: Request): Promise<Record<string, unknown>> {
       chunks.push(value);
     }
   }
-  const text = new TextDecoder().decode(concat(chunks, size));
+  const text = new TextDecoder().decode(concatBytes(chunks));
   if (text.trim() === "") throw new HttpError(400, "expected a JSON object body");
   let parsed: unknown;
   try {
@@ -127,16 +128,6 @@ async function readJson(request: Request): Promise<Record<string, unknown>> {
     throw new HttpError(400, "expected a JSON object body");
   }
   return parsed as Record<string, unknown>;
-}
-
-function concat(chunks: Uint8Array[], size: number): Uint8Array {
-  const out = new Uint8Array(size);
-  let offset = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, offset);
-    offset += chunk.length;
-  }
-  return out;
 }
 
 function toResponse(result: RouteResult): Response {

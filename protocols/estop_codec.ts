@@ -16,6 +16,7 @@
  * ```
  */
 import { assert } from "./assert.ts";
+import { concatBytes } from "./bytes.ts";
 import { bytesToHex, hexToBytes } from "./hex.ts";
 import { decodeTimestamp, encodeTimestamp, type Timestamp } from "./hlc.ts";
 import {
@@ -569,7 +570,7 @@ export class FrameDecoder {
 
   /** Feeds received bytes; returns the complete frame payloads (after the prefix). */
   push(chunk: Uint8Array): Uint8Array[] {
-    const data = this.#buffer.length === 0 ? chunk : concat(this.#buffer, chunk);
+    const data = this.#buffer.length === 0 ? chunk : concatBytes([this.#buffer, chunk]);
     const frames: Uint8Array[] = [];
     let offset = 0;
     // Bounded: each iteration consumes at least 3 bytes of `data`.
@@ -588,11 +589,4 @@ export class FrameDecoder {
     assert(this.#buffer.length < MAX_FRAME_BYTES + 2, "frame decoder holds at most one frame");
     return frames;
   }
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a, 0);
-  out.set(b, a.length);
-  return out;
 }

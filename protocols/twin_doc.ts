@@ -60,6 +60,7 @@
  */
 import * as Automerge from "@automerge/automerge";
 import { assert } from "./assert.ts";
+import { concatBytes } from "./bytes.ts";
 import { readChangeHeader } from "./change_header.ts";
 import {
   compareTimestamps,
@@ -1091,18 +1092,6 @@ interface Carried {
   readonly hlc?: Timestamp;
   /** Counter slots: the writer's running total. */
   readonly total?: number;
-}
-
-/** The parts in one array (the part itself when there is only one). */
-function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
-  if (parts.length === 1) return parts[0]!;
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
 }
 
 /** True when `a` wins over `b` for the same key: a later HLC, a larger total; never for other keys. */

@@ -30,6 +30,7 @@
 import type { Stream } from "@libp2p/interface";
 import { lpStream } from "@libp2p/utils";
 import { assert } from "./assert.ts";
+import { concatBytes } from "./bytes.ts";
 import {
   chunkSyncMessage,
   decodeSyncFrame,
@@ -369,9 +370,7 @@ export class TwinSyncSession {
       return;
     }
     this.#incoming.delete(frame.docId);
-    const message = unpackSyncMessage(
-      partial.chunks.length === 1 ? partial.chunks[0]! : concat(partial.chunks, partial.bytes),
-    );
+    const message = unpackSyncMessage(concatBytes(partial.chunks));
     const state = this.#states.get(frame.docId) ?? Automerge.initSyncState();
     this.#states.set(frame.docId, this.#target.receiveSyncMessage(frame.docId, state, message));
     this.#heardFrom.add(frame.docId);
@@ -427,16 +426,6 @@ export class TwinSyncSession {
     frames.push({ type: "end-round" });
     return frames;
   }
-}
-
-function concat(chunks: readonly Uint8Array[], size: number): Uint8Array {
-  const out = new Uint8Array(size);
-  let offset = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, offset);
-    offset += chunk.length;
-  }
-  return out;
 }
 
 /**
