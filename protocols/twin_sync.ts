@@ -27,6 +27,7 @@
  * }
  * ```
  */
+import { setImmediate } from "node:timers";
 import type { Stream } from "@libp2p/interface";
 import { lpStream } from "@libp2p/utils";
 import { assert } from "./assert.ts";
@@ -436,9 +437,14 @@ export class TwinSyncSession {
  */
 export const SYNC_YIELD_AFTER_MS = 5;
 
-/** Lets timers and I/O callbacks run (a macrotask turn). */
+/**
+ * Lets due timers and I/O callbacks run (one event-loop turn). Not
+ * `setTimeout(0)`: Deno fires that ~2 ms later even on an idle loop (measured
+ * 2.16 ms per yield, 6.6 µs with `setImmediate`), which left a session idle
+ * for ~2 ms after every 5 ms of work.
+ */
 export function yieldToEventLoop(): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, 0));
+  return new Promise((resolve) => setImmediate(resolve));
 }
 
 /** Byte counts of a session run over a stream. */

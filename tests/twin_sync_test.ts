@@ -22,6 +22,7 @@ import {
   runTwinSyncSession,
   TwinSyncSession,
   type TwinSyncTarget,
+  yieldToEventLoop,
 } from "../protocols/twin_sync.ts";
 import { MAX_PARKED_CHANGES_PER_DOC, TwinDoc } from "../protocols/twin_doc.ts";
 import { makeReplica, syncInMemory } from "./twin_test_util.ts";
@@ -158,6 +159,29 @@ Deno.test("a round over several twins can hand the event loop back between twins
   }
   for (let i = 0; i < 5; i++) {
     deepStrictEqual(b.state(`arm-${i}`).fields, a.state(`arm-${i}`).fields);
+  }
+});
+
+Deno.test("yieldToEventLoop() lets due timers and socket I/O run", async () => {
+  // A session's work between yields is otherwise one run of microtasks: a
+  // yield that was a microtask would leave both of these waiting forever.
+  let timerFired = false;
+  setTimeout(() => (timerFired = true), 0);
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    () => new Response("pong"),
+  );
+  let answered = false;
+  const exchange = fetch(`http://127.0.0.1:${server.addr.port}/`)
+    .then((response) => response.text())
+    .then((text) => (answered = text === "pong"));
+  try {
+    for (let i = 0; i < 1_000_000 && !(timerFired && answered); i++) await yieldToEventLoop();
+    ok(timerFired, "a due timer ran while yielding");
+    ok(answered, "an HTTP exchange completed while yielding");
+  } finally {
+    await exchange;
+    await server.shutdown();
   }
 });
 
