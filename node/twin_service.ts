@@ -19,6 +19,7 @@
  * ```
  */
 import type { DatabaseSync } from "node:sqlite";
+import { clearImmediate, setImmediate } from "node:timers";
 import * as Automerge from "@automerge/automerge";
 import type { Connection, PeerId, Stream } from "@libp2p/interface";
 import { assert } from "../protocols/assert.ts";
@@ -70,17 +71,15 @@ export { TwinValidationError } from "../protocols/twin_model.ts";
 export const PUBLISH_INTERVAL_MS = 25;
 /**
  * A command is published on demand rather than at the next interval tick:
- * the tick runs this long after the write (so a burst still lands in one
- * change), and never sooner than {@link MIN_TICK_GAP_MS} after the previous
- * tick (so a write storm cannot turn into one Automerge change per write).
- * Together they keep write→visible within a few ms plus the network.
- * Deno's timers fire about 1 ms after the delay asked (measured: 2.1 ms for
- * both 0 and 1 ms), so the coalescing wait is ~2 ms in practice. Ticking at
- * the end of the event-loop turn instead (setImmediate) saved ~1 ms at low
- * load but, under `bench twins`' load, split writes that arrive together
- * into more gossip messages: more CPU per write, no better p99.
+ * at the end of the event-loop turn that took it (commands that arrived
+ * together still land in one change), and never sooner than this after the
+ * previous tick (so a write storm cannot turn into one Automerge change per
+ * write). Not a 1 ms timer, as before: Deno fires timers ~1 ms late (2.1 ms
+ * for both 0 and 1 ms), which was ~2 ms of every write's latency; with
+ * `setImmediate` a POST at low load answered in 5.9 ms instead of 8.4 (p50),
+ * and `bench twins` p99 fell in three of three interleaved pairs at the
+ * same CPU per write (twenty-first session, README).
  */
-export const COMMAND_COALESCE_MS = 1;
 export const MIN_TICK_GAP_MS = 5;
 /**
  * The WAL is copied into the database (a checkpoint: ~13 µs per page on a
@@ -447,7 +446,8 @@ class DefaultTwinService implements TwinService {
   #timers: ReturnType<typeof setInterval>[] = [];
   #ticking: Promise<void> | undefined;
   #tickAgain = false;
-  #soon: ReturnType<typeof setTimeout> | undefined;
+  /** Cancels the tick #requestTick scheduled, while one is scheduled. */
+  #soon: (() => void) | undefined;
   #parkedCheck: ReturnType<typeof setTimeout> | undefined;
   #forwardTimer: ReturnType<typeof setTimeout> | undefined;
   /** Twins past their chunk limit, compacted one per task (see #compactNext). */
@@ -546,7 +546,7 @@ class DefaultTwinService implements TwinService {
     const { libp2p } = this.#components;
     for (const timer of this.#timers) clearInterval(timer);
     this.#timers = [];
-    clearTimeout(this.#soon);
+    this.#soon?.();
     this.#soon = undefined;
     clearTimeout(this.#parkedCheck);
     clearTimeout(this.#forwardTimer);
@@ -748,7 +748,7 @@ class DefaultTwinService implements TwinService {
     });
   }
 
-  /** Publishes a command soon (see {@link COMMAND_COALESCE_MS}). */
+  /** Publishes a command soon (see {@link MIN_TICK_GAP_MS}). */
   #requestTick(): void {
     if (!this.#started) return;
     if (this.#ticking) {
@@ -756,14 +756,18 @@ class DefaultTwinService implements TwinService {
       return;
     }
     if (this.#soon !== undefined) return;
-    const waitMs = Math.max(
-      COMMAND_COALESCE_MS,
-      this.#lastTickAtMs + MIN_TICK_GAP_MS - performance.now(),
-    );
-    this.#soon = setTimeout(() => {
+    const run = () => {
       this.#soon = undefined;
       this.#scheduleTick();
-    }, waitMs);
+    };
+    const gapLeftMs = this.#lastTickAtMs + MIN_TICK_GAP_MS - performance.now();
+    if (gapLeftMs <= 0) {
+      const immediate = setImmediate(run);
+      this.#soon = () => clearImmediate(immediate);
+    } else {
+      const timer = setTimeout(run, gapLeftMs);
+      this.#soon = () => clearTimeout(timer);
+    }
   }
 
   /**
