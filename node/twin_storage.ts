@@ -30,12 +30,17 @@ import type { DatabaseSync, StatementSync } from "node:sqlite";
 import { assert } from "../protocols/assert.ts";
 
 /**
- * Chunks kept before a twin is compacted. One chunk per twin per publish
- * interval with writes (25 ms): ~5 s of continuous writing. Loading replays
- * chunks one by one, so this bounds restart cost; a snapshot costs one
- * `save()` (~1 ms per 10k changes).
+ * Chunks kept before a twin is compacted. A chunk is one store's changes of
+ * one twin; under `bench twins` (10 writes/s per twin, stored by all three
+ * gateways) a twin gains ~10 a second. Loading replays the chunks, so this
+ * bounds restart cost: 11.5 ms per twin at 600 chunks, 5.5 ms at 200
+ * (Automerge 2.2.9, one small change each). A snapshot is one `save()`,
+ * 5-8 ms at 1,000-2,000 changes, run in a task of its own that holds the
+ * event loop for that long: at 200 a gateway under that load compacted
+ * ~3 times a second, 6% of its busy time (CPU profile, twenty-first
+ * session).
  */
-export const COMPACT_AFTER_CHUNKS = 200;
+export const COMPACT_AFTER_CHUNKS = 600;
 /**
  * Log rows kept at most, as a multiple of the compaction point (see the
  * module doc). A row lives until every twin in it has compacted, about
