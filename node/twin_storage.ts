@@ -37,7 +37,7 @@ import { assert } from "../protocols/assert.ts";
  * (Automerge 2.2.9, one small change each). A snapshot is one `save()`,
  * 5-8 ms at 1,000-2,000 changes, run in a task of its own that holds the
  * event loop for that long: at 200 a gateway under that load compacted
- * ~3 times a second, 6% of its busy time (CPU profile, twenty-first
+ * ~3 times a second, 3% of its busy time (CPU profile, twenty-first
  * session).
  */
 export const COMPACT_AFTER_CHUNKS = 600;
